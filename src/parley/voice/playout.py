@@ -1,0 +1,97 @@
+"""Paced outbound audio that knows which words the user actually heard."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE
+from parley.voice.events import SessionSink
+
+FRAME_SECS = FRAME_SAMPLES / SAMPLE_RATE
+
+
+@dataclass
+class PlayedSentence:
+    text: str
+    total_samples: int
+    played_samples: int = 0
+
+    def heard_text(self) -> str:
+        """The words heard, pro rata to the audio played (word timing is not known)."""
+        if self.played_samples >= self.total_samples:
+            return self.text
+        words = self.text.split()
+        n = int(len(words) * self.played_samples / max(1, self.total_samples))
+        return " ".join(words[:n])
+
+
+@dataclass
+class AudioPlayout:
+    """Sends 20 ms frames in real time, ``lead_secs`` ahead of the listener.
+
+    Sending no faster than real time keeps unplayed audio on the server, where a
+    barge-in can drop it, instead of in a client buffer the server cannot reach.
+    """
+
+    sink: SessionSink
+    lead_secs: float
+    sentences: list[PlayedSentence] = field(default_factory=list)
+    first_frame_at: float | None = None
+    """Loop time of the first frame sent."""
+    _next_at: float | None = None
+    _carry: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<i2"))
+
+    async def play(self, text: str, audio: np.ndarray) -> None:
+        """Play one sentence's audio; returns when its last frame has been sent."""
+        loop = asyncio.get_running_loop()
+        sentence = PlayedSentence(text, int(audio.size))
+        self.sentences.append(sentence)
+        pcm = np.concatenate([self._carry, audio.astype("<i2")])
+        n_frames = pcm.size // FRAME_SAMPLES
+        self._carry = pcm[n_frames * FRAME_SAMPLES :]
+        for i in range(n_frames):
+            now = loop.time()
+            if self._next_at is None or self._next_at < now:
+                # Start, or restart after a gap (the next sentence was late): no burst.
+                self._next_at = now
+            delay = self._next_at - self.lead_secs - now
+            if delay > 0:
+                await asyncio.sleep(delay)
+            frame = pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+            self.sink.send_audio(frame.tobytes())
+            if self.first_frame_at is None:
+                self.first_frame_at = loop.time()
+            self._next_at += FRAME_SECS
+            sentence.played_samples = min(sentence.total_samples, (i + 1) * FRAME_SAMPLES)
+        sentence.played_samples = sentence.total_samples - self._carry.size
+
+    async def finish(self) -> None:
+        """Send the last partial frame (zero-padded) and wait until it has been heard."""
+        if self._carry.size:
+            frame = np.zeros(FRAME_SAMPLES, dtype="<i2")
+            frame[: self._carry.size] = self._carry
+            self.sink.send_audio(frame.tobytes())
+            if self.sentences:
+                self.sentences[-1].played_samples = self.sentences[-1].total_samples
+            self._carry = self._carry[:0]
+        if self._next_at is not None:
+            remaining = self._next_at - asyncio.get_running_loop().time()
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+
+    def heard_text(self) -> str:
+        """What the listener heard, allowing for the ``lead_secs`` still in flight."""
+        loop = asyncio.get_running_loop()
+        in_flight = 0
+        if self._next_at is not None:
+            in_flight = int(max(0.0, self._next_at - loop.time()) * SAMPLE_RATE)
+        parts: list[str] = []
+        for sentence in reversed(self.sentences):
+            unheard = min(in_flight, sentence.played_samples)
+            in_flight -= unheard
+            heard = PlayedSentence(sentence.text, sentence.total_samples, sentence.played_samples - unheard)
+            parts.append(heard.heard_text())
+        return " ".join(p for p in reversed(parts) if p)

@@ -1,0 +1,154 @@
+"""One agent reply: LLM stream → sentence chunker → TTS → paced playout, behind a gate.
+
+A reply may be prepared before the turn is confirmed (preemptive generation): it runs
+the LLM and synthesises audio, but plays nothing until :meth:`open_gate` is called.
+Cancelling the reply's task stops the LLM and TTS at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from parley.config import Settings
+from parley.engines import ChatMessage, Engines, EngineError
+from parley.voice.chunker import SentenceChunker
+from parley.voice.events import SessionSink, event
+from parley.voice.playout import AudioPlayout
+
+_DONE = object()
+
+
+@dataclass
+class ReplyMetrics:
+    llm_started: float | None = None
+    llm_first_token: float | None = None
+    tts_started: float | None = None
+    tts_first_audio: float | None = None
+
+    def as_ms(self) -> dict[str, float | None]:
+        def diff(a: float | None, b: float | None) -> float | None:
+            return round((b - a) * 1000, 1) if a is not None and b is not None else None
+
+        return {
+            "llm_ttft_ms": diff(self.llm_started, self.llm_first_token),
+            "tts_ttfb_ms": diff(self.tts_started, self.tts_first_audio),
+        }
+
+
+@dataclass
+class Reply:
+    turn_id: int
+    user_text: str | None
+    """The transcript replied to; None for a scripted reply (the greeting)."""
+    playout: AudioPlayout
+    metrics: ReplyMetrics = field(default_factory=ReplyMetrics)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    spoken: list[str] = field(default_factory=list)
+    started_speaking: bool = False
+    user_turn: Any = None
+    """The session's record of the user turn this replies to (for metrics)."""
+
+    @property
+    def confirmed(self) -> bool:
+        return self.gate.is_set()
+
+    def open_gate(self) -> None:
+        self.gate.set()
+
+    def full_text(self) -> str:
+        return " ".join(self.spoken)
+
+
+async def run_reply(
+    reply: Reply,
+    *,
+    engines: Engines,
+    settings: Settings,
+    sink: SessionSink,
+    prompt: Sequence[ChatMessage] | None,
+    script: str | None = None,
+    on_speaking: Callable[[Reply], None],
+) -> None:
+    """Produce and play ``reply``. Raises EngineError or TimeoutError on failure."""
+    sentences: asyncio.Queue[object] = asyncio.Queue()
+    clips: asyncio.Queue[object] = asyncio.Queue()
+
+    async def think() -> None:
+        chunker = SentenceChunker()
+        if script is not None:
+            for s in chunker.push(script) + chunker.flush():
+                sentences.put_nowait(s)
+            sentences.put_nowait(_DONE)
+            return
+        assert prompt is not None
+        reply.metrics.llm_started = time.perf_counter()
+        stream = engines.llm.stream_chat(prompt)
+        try:
+            async with asyncio.timeout(settings.llm.timeout):
+                async for delta in stream:
+                    if reply.metrics.llm_first_token is None:
+                        reply.metrics.llm_first_token = time.perf_counter()
+                    for s in chunker.push(delta):
+                        sentences.put_nowait(s)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        for s in chunker.flush():
+            sentences.put_nowait(s)
+        sentences.put_nowait(_DONE)
+
+    async def synthesize() -> None:
+        while (text := await sentences.get()) is not _DONE:
+            assert isinstance(text, str)
+            if reply.metrics.tts_started is None:
+                reply.metrics.tts_started = time.perf_counter()
+            parts: list[np.ndarray] = []
+            stream = engines.tts.synthesize(text)
+            try:
+                async for audio in stream:
+                    if reply.metrics.tts_first_audio is None:
+                        reply.metrics.tts_first_audio = time.perf_counter()
+                    parts.append(audio)
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+            if parts:
+                clips.put_nowait((text, np.concatenate(parts)))
+        clips.put_nowait(_DONE)
+
+    async def speak() -> None:
+        await reply.gate.wait()
+        while (clip := await clips.get()) is not _DONE:
+            text, audio = clip  # type: ignore[misc]
+            if not reply.started_speaking:
+                reply.started_speaking = True
+                on_speaking(reply)
+            sink.send_event(event("agent.text", turn_id=reply.turn_id, text=text))
+            reply.spoken.append(text)
+            await reply.playout.play(text, audio)
+        await reply.playout.finish()
+
+    async with asyncio.TaskGroup() as group:
+        group.create_task(think())
+        group.create_task(synthesize())
+        group.create_task(speak())
+
+
+def unwrap_group_error(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) ExceptionGroups from a TaskGroup."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "llm_timeout"
+    if isinstance(exc, EngineError):
+        return "engine_error"
+    return "internal_error"

@@ -1,0 +1,505 @@
+"""VoiceSession: one conversation — listen, decide the turn is over, respond, yield to barge-in.
+
+The transport pushes PCM16 audio and control calls in; the session pushes events and
+20 ms audio frames out through its :class:`SessionSink`. Everything here runs on the
+event loop; every model call goes through an engine, which runs it off the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from parley.audio import pcm16_to_float
+from parley.config import Settings
+from parley.engines import EngineError, Engines
+from parley.telemetry import bind_session, bind_turn, get_logger
+from parley.voice.endpointing import ends_with_dangling_word
+from parley.voice.events import AgentState, Event, SessionSink, event
+from parley.voice.history import ConversationHistory
+from parley.voice.playout import AudioPlayout
+from parley.voice.response import Reply, error_code, run_reply, unwrap_group_error
+from parley.voice.segmenter import SpeechEdge, SpeechSegmenter
+
+log = get_logger(__name__)
+
+TURN_AUDIO_SECS = 8.0  # Smart Turn reads the last 8 s
+
+
+class SessionOverloaded(RuntimeError):
+    """Inbound audio arrives faster than the session can process it."""
+
+
+@dataclass
+class Segment:
+    """One stretch of user speech (with pre-roll), from VAD start to VAD stop."""
+
+    index: int
+    audio: list[np.ndarray]
+    overlap: bool
+    """Began while the agent was replying: a barge-in candidate, not yet part of a turn."""
+    last_partial_secs: float = 0.0
+    check: asyncio.Task[bool] | None = None
+    last_check_secs: float = 0.0
+    stopped: bool = False
+
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
+
+
+@dataclass
+class UserTurn:
+    turn_id: int
+    audio: deque[np.ndarray]
+    texts: dict[int, str] = field(default_factory=dict)
+    finals: set[asyncio.Task[None]] = field(default_factory=set)
+    last_speech_at: float = 0.0
+    stt_ms: float | None = None
+    eou_model_ms: float | None = None
+    eou_probability: float | None = None
+    confirmed_at: float | None = None
+
+    @property
+    def text(self) -> str:
+        return " ".join(t for _, t in sorted(self.texts.items()) if t)
+
+
+class VoiceSession:
+    def __init__(
+        self,
+        engines: Engines,
+        settings: Settings,
+        sink: SessionSink,
+        session_id: str | None = None,
+    ) -> None:
+        self.session_id = session_id or uuid.uuid4().hex
+        self.engines = engines
+        self.settings = settings
+        self.sink = sink
+        self.history = ConversationHistory(
+            settings.agent.system_prompt, settings.agent.max_history_messages
+        )
+        self.state: AgentState = "listening"
+        self._vad = engines.vad.stream()
+        self._window = self._vad.window_samples
+        self._window_secs = self._window / 16_000
+        self._segmenter = SpeechSegmenter(settings.vad, self._window_secs)
+        preroll = max(1, round(settings.vad.preroll_secs / self._window_secs))
+        self._recent: deque[np.ndarray] = deque(maxlen=preroll)
+        self._inbound: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1_000)
+        self._segment: Segment | None = None
+        self._segment_count = 0
+        self._turn: UserTurn | None = None
+        self._turn_count = 0
+        self._reply: Reply | None = None
+        self._endpoint: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._muted = False
+        self._closed = False
+        self._audio_task: asyncio.Task[None] | None = None
+
+    # ---- the transport's side -------------------------------------------------------------
+
+    async def start(self) -> None:
+        bind_session(self.session_id)
+        self.sink.send_event(
+            event("session.started", session_id=self.session_id, sample_rate=16_000, frame_ms=20)
+        )
+        self._send_state("listening")
+        self._audio_task = asyncio.create_task(self._audio_loop(), name="audio-in")
+        if self.settings.agent.greeting:
+            self._start_reply(0, None, script=self.settings.agent.greeting, confirmed=True)
+
+    def push_audio(self, pcm: bytes) -> None:
+        """Queue inbound PCM16LE 16 kHz mono (any length, even byte count)."""
+        try:
+            self._inbound.put_nowait(pcm)
+        except asyncio.QueueFull as exc:
+            raise SessionOverloaded("inbound audio queue is full") from exc
+
+    def interrupt(self) -> bool:
+        """Client-requested interruption; True if there was a reply to interrupt."""
+        if self._reply is None or not self._reply.confirmed:
+            return False
+        self._barge_in(reason="client")
+        return True
+
+    def status(self) -> Event:
+        """The session as the server sees it: state, counts and the conversation so far."""
+        return event(
+            "session.status",
+            session_id=self.session_id,
+            state=self.state,
+            muted=self._muted,
+            turns=self._turn_count,
+            history=[{"role": m.role, "content": m.content} for m in self.history.messages],
+        )
+
+    def mute(self) -> None:
+        self._muted = True
+
+    def unmute(self) -> None:
+        self._muted = False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._audio_task, self._endpoint) if t is not None]
+        if self._reply is not None and self._reply.task is not None:
+            tasks.append(self._reply.task)
+        tasks.extend(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        log.info("session closed", turns=self._turn_count)
+
+    # ---- listening --------------------------------------------------------------------------
+
+    async def _audio_loop(self) -> None:
+        pending = np.zeros(0, dtype=np.float32)
+        while True:
+            pcm = await self._inbound.get()
+            audio = pcm16_to_float(pcm)
+            if self._muted:
+                # A muted mic is silence: an open segment ends as it would in a pause.
+                audio = np.zeros_like(audio)
+            pending = np.concatenate([pending, audio])
+            while pending.size >= self._window:
+                window, pending = pending[: self._window], pending[self._window :]
+                await self._process_window(window)
+
+    async def _process_window(self, window: np.ndarray) -> None:
+        probability = await self._vad.probability(window)
+        edge = self._segmenter.update(probability)
+        now = asyncio.get_running_loop().time()
+        if edge is SpeechEdge.STARTED:
+            self._on_speech_started(list(self._recent), window)
+        elif self._segment is not None:
+            self._segment.audio.append(window)
+        if self._turn is not None:
+            self._turn.audio.append(window)
+        self._recent.append(window)
+        if edge is SpeechEdge.STOPPED:
+            self._on_speech_stopped(now - self._segmenter.trailing_silence_secs)
+        elif self._segmenter.speaking:
+            self._during_speech()
+
+    def _on_speech_started(self, preroll: list[np.ndarray], window: np.ndarray) -> None:
+        self.sink.send_event(event("vad.speech_started", turn_id=self._current_turn_id()))
+        if self._endpoint is not None:
+            self._endpoint.cancel()  # speech resumed: the same turn goes on
+            self._endpoint = None
+        self._segment_count += 1
+        reply = self._reply
+        overlap = reply is not None and reply.confirmed
+        self._segment = Segment(self._segment_count, [*preroll, window], overlap=overlap)
+        if overlap:
+            return
+        if reply is not None:
+            self._discard_reply(reply)  # preemptive work on a turn that is not over
+        self._ensure_turn(preroll)  # this window joins the turn's audio with every other
+
+    def _during_speech(self) -> None:
+        seg = self._segment
+        if seg is None:
+            return
+        speech = self._segmenter.speech_secs
+        if seg.overlap:
+            cfg = self.settings.interruption
+            if (
+                cfg.enabled
+                and speech >= cfg.min_duration
+                and seg.check is None
+                and speech - seg.last_check_secs >= 0.25
+            ):
+                seg.last_check_secs = speech
+                seg.check = self._spawn(self._check_barge_in(seg))
+            return
+        cfg_stt = self.settings.stt
+        if (
+            cfg_stt.partials
+            and speech - seg.last_partial_secs >= cfg_stt.partial_interval
+            and not self.engines.stt.busy
+        ):
+            seg.last_partial_secs = speech
+            self._spawn(self._partial(seg))
+
+    def _on_speech_stopped(self, last_speech_at: float) -> None:
+        self.sink.send_event(event("vad.speech_stopped", turn_id=self._current_turn_id()))
+        seg, self._segment = self._segment, None
+        if seg is None:
+            return
+        seg.stopped = True
+        if seg.overlap:
+            return  # a backchannel or cough unless its barge-in check says otherwise
+        self._segment_ended(seg, last_speech_at)
+
+    def _segment_ended(self, seg: Segment, last_speech_at: float) -> None:
+        turn = self._ensure_turn(seg.audio)
+        turn.last_speech_at = last_speech_at
+        final = self._spawn(self._finalize(turn, seg))
+        turn.finals.add(final)
+        self._endpoint = asyncio.create_task(self._endpointing(turn), name="endpoint")
+
+    def _ensure_turn(self, seed: list[np.ndarray]) -> UserTurn:
+        if self._turn is None:
+            self._turn_count += 1
+            maxlen = int(TURN_AUDIO_SECS / self._window_secs)
+            self._turn = UserTurn(self._turn_count, deque(seed, maxlen=maxlen))
+            bind_turn(self._turn_count)
+        return self._turn
+
+    async def _partial(self, seg: Segment) -> None:
+        try:
+            result = await self.engines.stt.transcribe(seg.samples())
+        except EngineError:
+            return  # a lost partial is harmless; the final reports errors
+        if result.text and not seg.stopped and not seg.overlap:
+            self.sink.send_event(
+                event(
+                    "transcript.partial",
+                    turn_id=self._current_turn_id(),
+                    segment_id=seg.index,
+                    text=result.text,
+                )
+            )
+
+    async def _finalize(self, turn: UserTurn, seg: Segment) -> None:
+        try:
+            result = await self.engines.stt.transcribe(seg.samples())
+        except EngineError as exc:
+            self._send_error("stt_error", str(exc), turn.turn_id)
+            turn.texts[seg.index] = ""
+            return
+        turn.texts[seg.index] = result.text
+        turn.stt_ms = result.duration_ms
+        if result.text:
+            self.sink.send_event(
+                event(
+                    "transcript.final",
+                    turn_id=turn.turn_id,
+                    segment_id=seg.index,
+                    text=result.text,
+                    stt_ms=round(result.duration_ms, 1),
+                )
+            )
+        self._maybe_preempt(turn)
+
+    # ---- the turn ---------------------------------------------------------------------------
+
+    async def _endpointing(self, turn: UserTurn) -> None:
+        loop = asyncio.get_running_loop()
+        cfg = self.settings.turn
+        await asyncio.sleep(max(0.0, turn.last_speech_at + cfg.min_endpointing_delay - loop.time()))
+        started = time.perf_counter()
+        try:
+            probability = await self.engines.eou.completion_probability(
+                np.concatenate(list(turn.audio))
+            )
+        except Exception as exc:
+            self._send_error("eou_error", str(exc), turn.turn_id)
+            probability = 1.0 if cfg.max_endpointing_delay == 0 else 0.0
+        turn.eou_model_ms = (time.perf_counter() - started) * 1000
+        turn.eou_probability = probability
+        complete = probability >= cfg.eou_threshold
+        if complete and cfg.use_text_hint:
+            await asyncio.gather(*turn.finals)
+            complete = not ends_with_dangling_word(turn.text)
+        if not complete:
+            await asyncio.sleep(
+                max(0.0, turn.last_speech_at + cfg.max_endpointing_delay - loop.time())
+            )
+        await asyncio.gather(*turn.finals)
+        self._endpoint = None
+        self._confirm_turn(turn)
+
+    def _maybe_preempt(self, turn: UserTurn) -> None:
+        if (
+            not self.settings.turn.preemptive_generation
+            or self._turn is not turn
+            or self._segment is not None
+            or any(not t.done() for t in turn.finals if t is not asyncio.current_task())
+            or not turn.text
+        ):
+            return
+        if self._reply is not None:
+            if self._reply.user_text == turn.text:
+                return
+            self._discard_reply(self._reply)
+        self._start_reply(turn.turn_id, turn.text, confirmed=False)
+
+    def _confirm_turn(self, turn: UserTurn) -> None:
+        if self._turn is turn:
+            self._turn = None
+        text = turn.text
+        if not text:
+            log.info("turn dropped: no words", turn_id=turn.turn_id)
+            return
+        turn.confirmed_at = asyncio.get_running_loop().time()
+        self.sink.send_event(
+            event(
+                "turn.ended",
+                turn_id=turn.turn_id,
+                text=text,
+                eou_probability=None if turn.eou_probability is None else round(turn.eou_probability, 3),
+            )
+        )
+        log.info("turn ended", turn_id=turn.turn_id, text=text)
+        reply = self._reply
+        if reply is None or reply.turn_id != turn.turn_id or reply.user_text != text:
+            if reply is not None:
+                self._discard_reply(reply)
+            reply = self._start_reply(turn.turn_id, text, confirmed=False)
+        self.history.add_user(text)
+        reply.user_turn = turn
+        reply.open_gate()
+        self._send_state("thinking")
+
+    # ---- responding -------------------------------------------------------------------------
+
+    def _start_reply(
+        self, turn_id: int, user_text: str | None, *, script: str | None = None, confirmed: bool
+    ) -> Reply:
+        reply = Reply(turn_id, user_text, AudioPlayout(self.sink, self.settings.playout.lead_secs))
+        if confirmed:
+            reply.open_gate()
+        prompt = None if script is not None else self.history.prompt(pending_user=user_text)
+        self._reply = reply
+        reply.task = asyncio.create_task(self._run_reply(reply, prompt, script), name="reply")
+        return reply
+
+    async def _run_reply(self, reply: Reply, prompt: Any, script: str | None) -> None:
+        try:
+            await run_reply(
+                reply,
+                engines=self.engines,
+                settings=self.settings,
+                sink=self.sink,
+                prompt=prompt,
+                script=script,
+                on_speaking=self._on_speaking,
+            )
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            real = unwrap_group_error(exc)
+            log.warning("reply failed", turn_id=reply.turn_id, error=repr(real))
+            self._send_error(error_code(real), str(real) or type(real).__name__, reply.turn_id)
+            self.history.add_assistant(reply.playout.heard_text())
+        else:
+            self.history.add_assistant(reply.full_text())
+        if self._reply is reply:
+            self._reply = None
+            self._send_state("listening")
+            self._adopt_overlap()
+
+    def _on_speaking(self, reply: Reply) -> None:
+        self._send_state("speaking")
+        turn = reply.user_turn
+        if not isinstance(turn, UserTurn):
+            return
+        now = asyncio.get_running_loop().time()
+
+        def ms(seconds: float | None) -> float | None:
+            return None if seconds is None else round(seconds * 1000, 1)
+
+        metrics = {
+            "stt_ms": None if turn.stt_ms is None else round(turn.stt_ms, 1),
+            "eou_ms": ms(None if turn.confirmed_at is None else turn.confirmed_at - turn.last_speech_at),
+            "eou_model_ms": None if turn.eou_model_ms is None else round(turn.eou_model_ms, 1),
+            **reply.metrics.as_ms(),
+            "voice_to_voice_ms": ms(now - turn.last_speech_at),
+        }
+        self.sink.send_event(event("turn.metrics", turn_id=reply.turn_id, **metrics))
+        log.info("turn metrics", turn_id=reply.turn_id, **metrics)
+
+    def _discard_reply(self, reply: Reply) -> None:
+        """Drop a reply that was never heard (preemptive work on an unfinished turn)."""
+        if reply.task is not None:
+            reply.task.cancel()
+        if self._reply is reply:
+            self._reply = None
+
+    # ---- barge-in ---------------------------------------------------------------------------
+
+    async def _check_barge_in(self, seg: Segment) -> bool:
+        """Is this overlapping speech a real interruption? It must yield words."""
+        try:
+            result = await self.engines.stt.transcribe(seg.samples())
+        except EngineError:
+            return False
+        finally:
+            seg.check = None
+        words = len(result.text.split())
+        if words < self.settings.interruption.min_words or not seg.overlap:
+            return False
+        if self._reply is None or not self._reply.confirmed:
+            return False
+        self._barge_in(reason="speech", words=words)
+        seg.overlap = False
+        if self._segment is seg:
+            self._ensure_turn(seg.audio)
+        else:
+            # The speech already stopped while we checked: finish it as a turn now.
+            self._segment_ended(seg, asyncio.get_running_loop().time())
+        return True
+
+    def _barge_in(self, *, reason: str, words: int = 0) -> None:
+        reply = self._reply
+        if reply is None:
+            return
+        self._reply = None
+        if reply.task is not None:
+            reply.task.cancel()
+        self.sink.clear_audio()
+        heard = reply.playout.heard_text() if reply.confirmed else ""
+        if reply.confirmed:
+            self.history.add_assistant(heard)
+        self.sink.send_event(
+            event(
+                "turn.interrupted",
+                turn_id=reply.turn_id,
+                reason=reason,
+                heard_text=heard,
+                words=words,
+            )
+        )
+        log.info("turn interrupted", turn_id=reply.turn_id, reason=reason)
+        self._send_state("listening")
+
+    def _adopt_overlap(self) -> None:
+        """The agent finished while the user was talking over it: that speech is a new turn."""
+        seg = self._segment
+        if seg is not None and seg.overlap:
+            seg.overlap = False
+            self._ensure_turn(seg.audio)
+
+    # ---- helpers ----------------------------------------------------------------------------
+
+    def _current_turn_id(self) -> int:
+        return self._turn.turn_id if self._turn is not None else self._turn_count + 1
+
+    def _send_state(self, state: AgentState) -> None:
+        if state != self.state:
+            self.state = state
+            self.sink.send_event(event("agent.state", state=state))
+
+    def _send_error(self, code: str, message: str, turn_id: int | None = None) -> None:
+        self.sink.send_event(event("error", code=code, message=message, turn_id=turn_id))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task

@@ -1,0 +1,76 @@
+import json
+import logging
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from parley.audio import trim_leading_silence
+from parley.config import load_settings
+from parley.engines.whisper_features import log_mel_features
+from parley.telemetry.logs import JsonFormatter
+from parley.telemetry.redact import Redactor
+
+
+def test_redactor_masks_email_phone_card_but_not_addresses():
+    r = Redactor()
+    out = r("mail bob@example.com or call +1 (555) 123-4567, card 4111 1111 1111 1111, at 127.0.0.1:8000")
+    assert "bob@" not in out and "555" not in out and "4111" not in out
+    assert "[REDACTED:email]" in out and "[REDACTED:phone]" in out and "[REDACTED:card]" in out
+    assert "127.0.0.1:8000" in out
+
+
+def test_json_log_lines_carry_ids_and_redact_text_fields():
+    record = logging.LogRecord("parley.x", logging.INFO, __file__, 1, "turn ended", None, None)
+    record.fields = {"text": "my email is a@b.co", "turn_id": 3}
+    record.session_id = "s1"
+    line = json.loads(JsonFormatter(Redactor()).format(record))
+    assert line["session_id"] == "s1" and line["turn_id"] == 3
+    assert line["text"] == "my email is [REDACTED:email]"
+
+
+def test_settings_from_toml_and_env(tmp_path, monkeypatch):
+    path = tmp_path / "agent.toml"
+    path.write_text('[agent]\ngreeting = "Hey"\n[turn]\nmax_endpointing_delay = 2.5\n')
+    monkeypatch.setenv("PARLEY_CONFIG", str(path))
+    monkeypatch.setenv("PARLEY_TURN__MIN_ENDPOINTING_DELAY", "0.4")
+    s = load_settings()
+    assert s.agent.greeting == "Hey"
+    assert s.turn.max_endpointing_delay == 2.5
+    assert s.turn.min_endpointing_delay == 0.4
+
+
+def test_bad_settings_are_rejected_clearly(tmp_path, monkeypatch):
+    path = tmp_path / "agent.toml"
+    path.write_text("[turn]\nmin_endpointing_delay = -1\n")
+    monkeypatch.setenv("PARLEY_CONFIG", str(path))
+    with pytest.raises(ValidationError, match="min_endpointing_delay"):
+        load_settings()
+    monkeypatch.setenv("PARLEY_CONFIG", str(tmp_path / "missing.toml"))
+    with pytest.raises(FileNotFoundError):
+        load_settings()
+
+
+def test_trim_leading_silence_keeps_a_little_before_the_sound():
+    audio = np.concatenate([np.zeros(6400), np.full(1600, 8000.0), np.zeros(800)]).astype("<i2")
+    out = trim_leading_silence(audio, keep_secs=0.02)
+    assert out.size == audio.size - 6400 + 320
+    assert trim_leading_silence(np.zeros(1000, dtype="<i2")).size == 0
+
+
+def test_features_match_the_reference_smart_turn_was_trained_on():
+    """Same numbers as the Whisper feature extractor vendored in the pipecat-ai wheel."""
+    import importlib.util
+
+    from parley.engines.turn_smart import default_model_path
+
+    ref_path = default_model_path().parent.parent / "_whisper_features.py"
+    spec = importlib.util.spec_from_file_location("ref_features", ref_path)
+    assert spec and spec.loader
+    ref = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ref)
+    x = np.random.default_rng(0).standard_normal(16_000 * 5).astype(np.float32) * 0.1
+    ours = log_mel_features(np.pad(x, (16_000 * 3, 0)))
+    theirs = ref.compute_whisper_log_mel_features(np.pad(x, (16_000 * 3, 0)))
+    assert ours.shape == (80, 800)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
