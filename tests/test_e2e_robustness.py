@@ -8,9 +8,9 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
-from voice_helpers import wait_reply_done, words
 
 from parley.client import CallClient
+from voice_helpers import wait_reply_done, words
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +19,9 @@ async def converse_while(server, caller, disturb: Callable[[], Awaitable[None]])
     """Run ``disturb`` while a second session completes a whole turn."""
     async with CallClient(server.ws_url) as good:
         _, greeted_at = await wait_reply_done(good, after=0)
-        await asyncio.gather(disturb(), good.say(caller("Can you tell me a fun fact about the moon")))
+        await asyncio.gather(
+            disturb(), good.say(caller("Can you tell me a fun fact about the moon"))
+        )
         ended_at, ended = await good.wait_for("turn.ended", after=greeted_at, timeout=25)
         assert "moon" in words(ended["text"])
         await wait_reply_done(good, after=ended_at)
@@ -41,7 +43,9 @@ async def test_malformed_messages_get_clear_errors(server, caller):
             for payload, code in cases:
                 sent_at = asyncio.get_running_loop().time()
                 await bad.ws.send(payload)
-                _, err = await bad.wait_for("error", lambda e, c=code: e["code"] == c, after=sent_at, timeout=5)
+                _, err = await bad.wait_for(
+                    "error", lambda e, c=code: e["code"] == c, after=sent_at, timeout=5
+                )
                 assert err["message"], code
             # The session survived all of it.
             await bad.send_json({"type": "ping", "id": 7})
@@ -90,13 +94,19 @@ async def test_controls_mute_interrupt_status_end(server, caller):
         await asyncio.sleep(0.1)
         await call.say(caller("This should not be heard at all"))
         await asyncio.sleep(1.0)
-        assert not [e for t, e in call.events if t > greeted_at and e["type"] == "vad.speech_started"]
+        assert not [
+            e for t, e in call.events if t > greeted_at and e["type"] == "vad.speech_started"
+        ]
         await call.send_json({"type": "unmute"})
         await asyncio.sleep(0.1)
 
-        await call.say(caller("Tell me a long story about a brave little dragon who learned to fly"))
+        await call.say(
+            caller("Tell me a long story about a brave little dragon who learned to fly")
+        )
         ended_at, ended = await call.wait_for("turn.ended", after=greeted_at, timeout=20)
-        spoke_at, _ = await call.wait_for("agent.state", lambda e: e["state"] == "speaking", after=ended_at)
+        spoke_at, _ = await call.wait_for(
+            "agent.state", lambda e: e["state"] == "speaking", after=ended_at
+        )
         await call.send_json({"type": "interrupt"})
         cut_at, cut = await call.wait_for("turn.interrupted", after=spoke_at, timeout=5)
         assert cut["reason"] == "client" and cut["turn_id"] == ended["turn_id"]

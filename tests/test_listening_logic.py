@@ -74,7 +74,9 @@ async def test_playout_is_paced_and_knows_what_was_heard():
     sink = Sink()
     playout = AudioPlayout(sink, lead_secs=0.0)
     audio = np.full(16_000, 1000, dtype="<i2")  # 1 s
-    task = asyncio.create_task(playout.play("one two three four five six seven eight nine ten", audio))
+    task = asyncio.create_task(
+        playout.play("one two three four five six seven eight nine ten", audio)
+    )
     await asyncio.sleep(0.5)
     task.cancel()
     heard = playout.heard_text().split()

@@ -14,7 +14,10 @@ from parley.telemetry.redact import Redactor
 
 def test_redactor_masks_email_phone_card_but_not_addresses():
     r = Redactor()
-    out = r("mail bob@example.com or call +1 (555) 123-4567, card 4111 1111 1111 1111, at 127.0.0.1:8000")
+    out = r(
+        "mail bob@example.com or call +1 (555) 123-4567, "
+        "card 4111 1111 1111 1111, at 127.0.0.1:8000"
+    )
     assert "bob@" not in out and "555" not in out and "4111" not in out
     assert "[REDACTED:email]" in out and "[REDACTED:phone]" in out and "[REDACTED:card]" in out
     assert "127.0.0.1:8000" in out

@@ -45,7 +45,10 @@ def _serve(args: argparse.Namespace) -> None:
     port = args.port if args.port is not None else settings.server.port
     configure_logging(settings.log_level, settings.log_redact)
     app = create_app(settings)
-    print(f"Parley: loading engines; then listening on http://{host}:{port}  (WebSocket ws://{host}:{port}/v1/ws)", flush=True)
+    print(
+        f"Parley: loading engines; then listening on http://{host}:{port}  (WebSocket ws://{host}:{port}/v1/ws)",
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, ws_max_size=settings.server.ws_max_size, log_config=None)
 
 
@@ -66,7 +69,12 @@ async def _call(args: argparse.Namespace) -> int:
                 _print_event(ev)
             shown = len(client.events)
             states = [ev.get("state") for ev in client.of_type("agent.state")]
-            if client.of_type("turn.ended") and states and states[-1] == "listening" and "speaking" in states:
+            if (
+                client.of_type("turn.ended")
+                and states
+                and states[-1] == "listening"
+                and "speaking" in states
+            ):
                 break
         agent = client.audio_between(0)
         write_wav(args.out, agent)

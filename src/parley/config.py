@@ -24,7 +24,9 @@ Device = Literal["auto", "cpu", "cuda"]
 
 # Short and plain on purpose: the 135M default model follows a one-line instruction far
 # better than a detailed one (longer prompts made it answer in French or refuse).
-DEFAULT_SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly in one or two short sentences."
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful voice assistant. Answer briefly in one or two short sentences."
+)
 
 
 class AgentSettings(BaseModel):
@@ -53,6 +55,8 @@ class VADSettings(BaseModel):
     """Speech must last this long before speech_started fires."""
     stop_secs: float = Field(default=0.16, ge=0.032)
     """Silence this long after speech fires speech_stopped."""
+    early_final_secs: float = Field(default=0.064, ge=0.032)
+    """Silence after which the segment's final transcription starts (before stop_secs)."""
     preroll_secs: float = Field(default=0.3, ge=0)
     """Audio kept before the detected speech start, for transcription."""
 
@@ -107,6 +111,7 @@ class LLMSettings(BaseModel):
     device: Device = "auto"
     n_ctx: int = Field(default=2048, ge=256)
     threads: int = Field(default=0, ge=0)
+    """0 = one fewer than the cores (at least 1), leaving a core to the other stages."""
     max_tokens: int = Field(default=60, ge=1)
     temperature: float = Field(default=0.0, ge=0)
     """0 = greedy: a 135M model wanders at any higher temperature."""

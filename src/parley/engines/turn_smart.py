@@ -54,7 +54,9 @@ class SmartTurn:
         opts = ort.SessionOptions()
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.inter_op_num_threads = 1
-        opts.intra_op_num_threads = device.cpu_count()
+        # One thread: the model runs beside the final transcription, which is on the
+        # critical path to the first word of the reply; this only gates playback.
+        opts.intra_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         self._session = ort.InferenceSession(

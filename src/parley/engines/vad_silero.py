@@ -38,7 +38,9 @@ class SileroVAD:
     def stream(self) -> SileroStream:
         return SileroStream(self)
 
-    def _run(self, window: np.ndarray, h: np.ndarray, c: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    def _run(
+        self, window: np.ndarray, h: np.ndarray, c: np.ndarray
+    ) -> tuple[float, np.ndarray, np.ndarray]:
         out, h, c = self._session.run(None, {"input": window[None, :], "h": h, "c": c})
         return float(out.reshape(-1)[0]), h, c
 

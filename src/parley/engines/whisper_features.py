@@ -35,7 +35,9 @@ def _mel_to_hz(m: np.ndarray) -> np.ndarray:
 def mel_filterbank() -> np.ndarray:
     """Slaney-normalised triangular filters, shape (n_fft/2+1, n_mels)."""
     fft_freqs = np.linspace(0, SAMPLE_RATE / 2, N_FFT // 2 + 1)
-    mel_points = np.linspace(_hz_to_mel(np.array(0.0)), _hz_to_mel(np.array(SAMPLE_RATE / 2)), N_MELS + 2)
+    mel_points = np.linspace(
+        _hz_to_mel(np.array(0.0)), _hz_to_mel(np.array(SAMPLE_RATE / 2)), N_MELS + 2
+    )
     hz = _mel_to_hz(mel_points)
     widths = np.diff(hz)
     ramps = hz[None, :] - fft_freqs[:, None]

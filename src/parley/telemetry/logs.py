@@ -73,7 +73,9 @@ def get_logger(name: str) -> StructuredLogger:
     return StructuredLogger(logging.getLogger(name), {})
 
 
-def configure_logging(level: str = "INFO", redact: Iterable[str] = ("email", "phone", "card")) -> None:
+def configure_logging(
+    level: str = "INFO", redact: Iterable[str] = ("email", "phone", "card")
+) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(Redactor(redact)))
     root = logging.getLogger()

@@ -108,7 +108,9 @@ async def _receive_loop(
                 except SessionOverloaded as exc:
                     reject("overloaded", str(exc))
         elif text is not None:
-            if await _handle_control(websocket, session, text, reject, limits.max_text_message_bytes):
+            if await _handle_control(
+                websocket, session, text, reject, limits.max_text_message_bytes
+            ):
                 return
 
 
@@ -144,5 +146,8 @@ async def _handle_control(
         await websocket.close(1000)
         return True
     else:
-        reject("unknown_message_type", f"unknown message type {kind!r}; expected one of {list(CONTROL_TYPES)}")
+        reject(
+            "unknown_message_type",
+            f"unknown message type {kind!r}; expected one of {list(CONTROL_TYPES)}",
+        )
     return False

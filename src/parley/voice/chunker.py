@@ -14,10 +14,26 @@ _SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+|\n+")
 _CLAUSE_END = re.compile(r"(?<=[,;:—])\s+")
 # Words that open a new phrase: a first chunk cut before one still sounds natural.
 _PHRASE_STARTERS = frozenset(
-    "that which who where when while because but and or so to with for from about than as if".split()
+    (
+        "that which who where when while because but and or so to with for from about than as if"
+    ).split()
 )
 _ABBREVIATIONS = frozenset(
-    {"mr.", "mrs.", "ms.", "dr.", "st.", "vs.", "etc.", "e.g.", "i.e.", "jr.", "sr.", "no.", "approx."}
+    {
+        "mr.",
+        "mrs.",
+        "ms.",
+        "dr.",
+        "st.",
+        "vs.",
+        "etc.",
+        "e.g.",
+        "i.e.",
+        "jr.",
+        "sr.",
+        "no.",
+        "approx.",
+    }
 )
 _EMOJI = re.compile(
     "["
@@ -53,8 +69,8 @@ class SentenceChunker:
         self,
         min_chars: int = 12,
         first_clause_chars: int = 20,
-        first_phrase_words: int = 6,
-        first_max_words: int = 10,
+        first_phrase_words: int = 4,
+        first_max_words: int = 7,
     ) -> None:
         self._raw = ""  # text not yet split, code fences still in it
         self._text = ""  # text outside code, waiting for a sentence end

@@ -21,3 +21,18 @@ def ends_with_dangling_word(text: str) -> bool:
         return True
     match = _LAST_WORD.search(stripped)
     return bool(match and match.group(1).lower() in _DANGLING)
+
+
+def text_says_complete(text: str, probability: float, threshold: float) -> bool:
+    """Combine the audio model's P(complete) with what the transcript's text shows.
+
+    A dangling last word vetoes "complete". A question mark makes it complete: Whisper
+    only writes one when the words heard form a whole question, and on synthetic or
+    accented voices Smart Turn often misses the falling pitch of a finished question
+    (it gave 0.02-0.14 to "How many minutes are there in one day?" read by espeak-ng).
+    """
+    if ends_with_dangling_word(text):
+        return False
+    if text.rstrip().endswith("?"):
+        return True
+    return probability >= threshold

@@ -6,10 +6,18 @@ from parley.engines import ChatMessage
 
 
 class ConversationHistory:
+    """Messages plus the window of them the prompt shows.
+
+    The window slides in jumps of half its size, not one message per turn: the prompt
+    prefix then stays the same for many turns and the LLM's KV cache reuses it, instead
+    of re-reading the whole prompt every turn.
+    """
+
     def __init__(self, system_prompt: str, max_messages: int) -> None:
         self._system = ChatMessage("system", system_prompt)
         self._messages: list[ChatMessage] = []
         self._max = max_messages
+        self._start = 0
 
     @property
     def messages(self) -> list[ChatMessage]:
@@ -24,11 +32,26 @@ class ConversationHistory:
 
     def prompt(self, pending_user: str | None = None) -> list[ChatMessage]:
         """Messages for the next reply; ``pending_user`` is a turn not yet committed."""
-        recent = self._messages[-self._max :]
-        # Start on a user message: some chat templates reject assistant-first history.
-        while recent and recent[0].role != "user":
-            recent = recent[1:]
-        out = [self._system, *recent]
+        messages = list(self._messages)
         if pending_user is not None:
-            out.append(ChatMessage("user", pending_user))
-        return out
+            messages.append(ChatMessage("user", pending_user))
+        self._start = self._window_start(len(messages))
+        return [self._system, *_from_first_user(messages[self._start :])]
+
+    def next_prefix(self) -> list[ChatMessage]:
+        """What the next turn's prompt will start with, before the user's new words."""
+        start = self._window_start(len(self._messages) + 1)
+        return [self._system, *_from_first_user(self._messages[start:])]
+
+    def _window_start(self, total: int) -> int:
+        if total - self._start > self._max:
+            return total - self._max // 2
+        return self._start
+
+
+def _from_first_user(messages: list[ChatMessage]) -> list[ChatMessage]:
+    # Some chat templates reject a history that opens with an assistant message.
+    for i, message in enumerate(messages):
+        if message.role == "user":
+            return messages[i:]
+    return []

@@ -92,6 +92,8 @@ class AudioPlayout:
         for sentence in reversed(self.sentences):
             unheard = min(in_flight, sentence.played_samples)
             in_flight -= unheard
-            heard = PlayedSentence(sentence.text, sentence.total_samples, sentence.played_samples - unheard)
+            heard = PlayedSentence(
+                sentence.text, sentence.total_samples, sentence.played_samples - unheard
+            )
             parts.append(heard.heard_text())
         return " ".join(p for p in reversed(parts) if p)

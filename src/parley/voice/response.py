@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from parley.config import Settings
-from parley.engines import ChatMessage, Engines, EngineError
+from parley.engines import ChatMessage, EngineError, Engines
 from parley.voice.chunker import SentenceChunker
 from parley.voice.events import SessionSink, event
 from parley.voice.playout import AudioPlayout
@@ -26,6 +26,8 @@ _DONE = object()
 
 @dataclass
 class ReplyMetrics:
+    """Monotonic times (the event loop's clock) of each step of a reply."""
+
     llm_started: float | None = None
     llm_first_token: float | None = None
     tts_started: float | None = None
@@ -51,7 +53,12 @@ class Reply:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     spoken: list[str] = field(default_factory=list)
+    raw: list[str] = field(default_factory=list)
+    """The LLM's text as generated (markdown and all): what the history keeps."""
+    first_audio: asyncio.Event = field(default_factory=asyncio.Event)
     started_speaking: bool = False
+    prompt: Sequence[ChatMessage] | None = None
+    """The messages the reply was generated from."""
     user_turn: Any = None
     """The session's record of the user turn this replies to (for metrics)."""
 
@@ -64,6 +71,9 @@ class Reply:
 
     def full_text(self) -> str:
         return " ".join(self.spoken)
+
+    def raw_text(self) -> str:
+        return "".join(self.raw).strip()
 
 
 async def run_reply(
@@ -83,20 +93,26 @@ async def run_reply(
     async def think() -> None:
         chunker = SentenceChunker()
         if script is not None:
+            reply.raw.append(script)
             for s in chunker.push(script) + chunker.flush():
                 sentences.put_nowait(s)
             sentences.put_nowait(_DONE)
             return
         assert prompt is not None
-        reply.metrics.llm_started = time.perf_counter()
+        reply.metrics.llm_started = time.monotonic()
         stream = engines.llm.stream_chat(prompt)
         try:
             async with asyncio.timeout(settings.llm.timeout):
                 async for delta in stream:
                     if reply.metrics.llm_first_token is None:
-                        reply.metrics.llm_first_token = time.perf_counter()
+                        reply.metrics.llm_first_token = time.monotonic()
+                    reply.raw.append(delta)
                     for s in chunker.push(delta):
                         sentences.put_nowait(s)
+                    if sentences.qsize() and not reply.first_audio.is_set():
+                        # First-chunk priority: on two cores the LLM writing ahead would
+                        # halve the TTS speed exactly when the first audio is awaited.
+                        await reply.first_audio.wait()
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
         for s in chunker.flush():
@@ -107,24 +123,31 @@ async def run_reply(
         while (text := await sentences.get()) is not _DONE:
             assert isinstance(text, str)
             if reply.metrics.tts_started is None:
-                reply.metrics.tts_started = time.perf_counter()
+                reply.metrics.tts_started = time.monotonic()
             parts: list[np.ndarray] = []
             stream = engines.tts.synthesize(text)
             try:
                 async for audio in stream:
                     if reply.metrics.tts_first_audio is None:
-                        reply.metrics.tts_first_audio = time.perf_counter()
+                        reply.metrics.tts_first_audio = time.monotonic()
                     parts.append(audio)
+            except BaseException:
+                reply.first_audio.set()  # never leave the LLM waiting on a failed TTS
+                raise
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+            reply.first_audio.set()
             if parts:
                 clips.put_nowait((text, np.concatenate(parts)))
+        reply.first_audio.set()
         clips.put_nowait(_DONE)
 
     async def speak() -> None:
         await reply.gate.wait()
         while (clip := await clips.get()) is not _DONE:
-            text, audio = clip  # type: ignore[misc]
+            assert isinstance(clip, tuple)
+            text: str = clip[0]
+            audio: np.ndarray = clip[1]
             if not reply.started_speaking:
                 reply.started_speaking = True
                 on_speaking(reply)

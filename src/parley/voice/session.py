@@ -20,9 +20,9 @@ import numpy as np
 
 from parley.audio import pcm16_to_float
 from parley.config import Settings
-from parley.engines import EngineError, Engines
+from parley.engines import EngineError, Engines, Transcript
 from parley.telemetry import bind_session, bind_turn, get_logger
-from parley.voice.endpointing import ends_with_dangling_word
+from parley.voice.endpointing import text_says_complete
 from parley.voice.events import AgentState, Event, SessionSink, event
 from parley.voice.history import ConversationHistory
 from parley.voice.playout import AudioPlayout
@@ -50,6 +50,8 @@ class Segment:
     check: asyncio.Task[bool] | None = None
     last_check_secs: float = 0.0
     stopped: bool = False
+    early: asyncio.Task[Transcript | None] | None = None
+    """Transcription started at the first silence, valid while the silence lasts."""
 
     def samples(self) -> np.ndarray:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
@@ -66,6 +68,11 @@ class UserTurn:
     eou_model_ms: float | None = None
     eou_probability: float | None = None
     confirmed_at: float | None = None
+    drafts_discarded: int = 0
+    """Replies drafted on this turn then dropped because the user went on speaking."""
+    early_finals_discarded: int = 0
+    marks: dict[str, float] = field(default_factory=dict)
+    """Monotonic times of the turn's steps, for the timeline in turn.metrics."""
 
     @property
     def text(self) -> str:
@@ -226,9 +233,21 @@ class VoiceSession:
                 seg.last_check_secs = speech
                 seg.check = self._spawn(self._check_barge_in(seg))
             return
+        silence = self._segmenter.trailing_silence_secs
+        if silence == 0.0 and seg.early is not None:
+            # Speech went on: the early transcript, and any reply drafted on it, are stale.
+            seg.early = None
+            if self._turn is not None:
+                self._turn.early_finals_discarded += 1
+            if self._reply is not None and not self._reply.confirmed:
+                self._discard_reply(self._reply)
+        elif silence >= self.settings.vad.early_final_secs and seg.early is None and self._turn:
+            seg.early = self._spawn(self._early_final(self._turn, seg))
+            return
         cfg_stt = self.settings.stt
         if (
-            cfg_stt.partials
+            silence == 0.0
+            and cfg_stt.partials
             and speech - seg.last_partial_secs >= cfg_stt.partial_interval
             and not self.engines.stt.busy
         ):
@@ -275,15 +294,33 @@ class VoiceSession:
                 )
             )
 
-    async def _finalize(self, turn: UserTurn, seg: Segment) -> None:
+    async def _early_final(self, turn: UserTurn, seg: Segment) -> Transcript | None:
+        """The segment's final transcription, started at its first silence (before VAD
+        declares the speech over); if the silence lasts, a reply is drafted on it at once."""
+        me = asyncio.current_task()
+        turn.marks["stt_started"] = time.monotonic()
         try:
             result = await self.engines.stt.transcribe(seg.samples())
-        except EngineError as exc:
-            self._send_error("stt_error", str(exc), turn.turn_id)
-            turn.texts[seg.index] = ""
-            return
+        except EngineError:
+            return None  # _finalize transcribes again and reports a repeated failure
+        if seg.early is me and not seg.stopped:
+            texts = {**turn.texts, seg.index: result.text}
+            self._preempt(turn, " ".join(t for _, t in sorted(texts.items()) if t))
+        return result
+
+    async def _finalize(self, turn: UserTurn, seg: Segment) -> None:
+        result = await seg.early if seg.early is not None else None
+        if result is None:
+            turn.marks["stt_started"] = time.monotonic()
+            try:
+                result = await self.engines.stt.transcribe(seg.samples())
+            except EngineError as exc:
+                self._send_error("stt_error", str(exc), turn.turn_id)
+                turn.texts[seg.index] = ""
+                return
         turn.texts[seg.index] = result.text
         turn.stt_ms = result.duration_ms
+        turn.marks["stt_done"] = time.monotonic()
         if result.text:
             self.sink.send_event(
                 event(
@@ -294,7 +331,10 @@ class VoiceSession:
                     stt_ms=round(result.duration_ms, 1),
                 )
             )
-        self._maybe_preempt(turn)
+        if self._segment is None and all(
+            t.done() for t in turn.finals if t is not asyncio.current_task()
+        ):
+            self._preempt(turn, turn.text)
 
     # ---- the turn ---------------------------------------------------------------------------
 
@@ -302,7 +342,11 @@ class VoiceSession:
         loop = asyncio.get_running_loop()
         cfg = self.settings.turn
         await asyncio.sleep(max(0.0, turn.last_speech_at + cfg.min_endpointing_delay - loop.time()))
-        started = time.perf_counter()
+        # The transcription first: it is on the path to the reply's first word, and on
+        # two cores the end-of-turn model beside it would slow it; this only gates playback.
+        await asyncio.gather(*turn.finals)
+        started = time.monotonic()
+        turn.marks["eou_started"] = started
         try:
             probability = await self.engines.eou.completion_probability(
                 np.concatenate(list(turn.audio))
@@ -310,12 +354,13 @@ class VoiceSession:
         except Exception as exc:
             self._send_error("eou_error", str(exc), turn.turn_id)
             probability = 1.0 if cfg.max_endpointing_delay == 0 else 0.0
-        turn.eou_model_ms = (time.perf_counter() - started) * 1000
+        turn.marks["eou_done"] = time.monotonic()
+        turn.eou_model_ms = (turn.marks["eou_done"] - started) * 1000
         turn.eou_probability = probability
         complete = probability >= cfg.eou_threshold
-        if complete and cfg.use_text_hint:
+        if cfg.use_text_hint:
             await asyncio.gather(*turn.finals)
-            complete = not ends_with_dangling_word(turn.text)
+            complete = text_says_complete(turn.text, probability, cfg.eou_threshold)
         if not complete:
             await asyncio.sleep(
                 max(0.0, turn.last_speech_at + cfg.max_endpointing_delay - loop.time())
@@ -324,20 +369,15 @@ class VoiceSession:
         self._endpoint = None
         self._confirm_turn(turn)
 
-    def _maybe_preempt(self, turn: UserTurn) -> None:
-        if (
-            not self.settings.turn.preemptive_generation
-            or self._turn is not turn
-            or self._segment is not None
-            or any(not t.done() for t in turn.finals if t is not asyncio.current_task())
-            or not turn.text
-        ):
+    def _preempt(self, turn: UserTurn, text: str) -> None:
+        """Draft the reply to ``text`` while the end-of-turn decision is pending."""
+        if not self.settings.turn.preemptive_generation or self._turn is not turn or not text:
             return
         if self._reply is not None:
-            if self._reply.user_text == turn.text:
+            if self._reply.turn_id == turn.turn_id and self._reply.user_text == text:
                 return
             self._discard_reply(self._reply)
-        self._start_reply(turn.turn_id, turn.text, confirmed=False)
+        self._start_reply(turn.turn_id, text, confirmed=False)
 
     def _confirm_turn(self, turn: UserTurn) -> None:
         if self._turn is turn:
@@ -346,13 +386,15 @@ class VoiceSession:
         if not text:
             log.info("turn dropped: no words", turn_id=turn.turn_id)
             return
-        turn.confirmed_at = asyncio.get_running_loop().time()
+        turn.confirmed_at = turn.marks["confirmed"] = asyncio.get_running_loop().time()
         self.sink.send_event(
             event(
                 "turn.ended",
                 turn_id=turn.turn_id,
                 text=text,
-                eou_probability=None if turn.eou_probability is None else round(turn.eou_probability, 3),
+                eou_probability=None
+                if turn.eou_probability is None
+                else round(turn.eou_probability, 3),
             )
         )
         log.info("turn ended", turn_id=turn.turn_id, text=text)
@@ -375,6 +417,7 @@ class VoiceSession:
         if confirmed:
             reply.open_gate()
         prompt = None if script is not None else self.history.prompt(pending_user=user_text)
+        reply.prompt = prompt
         self._reply = reply
         reply.task = asyncio.create_task(self._run_reply(reply, prompt, script), name="reply")
         return reply
@@ -398,7 +441,8 @@ class VoiceSession:
             self._send_error(error_code(real), str(real) or type(real).__name__, reply.turn_id)
             self.history.add_assistant(reply.playout.heard_text())
         else:
-            self.history.add_assistant(reply.full_text())
+            self.history.add_assistant(reply.raw_text() or reply.full_text())
+            self._prefill_next_turn()
         if self._reply is reply:
             self._reply = None
             self._send_state("listening")
@@ -414,18 +458,51 @@ class VoiceSession:
         def ms(seconds: float | None) -> float | None:
             return None if seconds is None else round(seconds * 1000, 1)
 
-        metrics = {
+        metrics: dict[str, Any] = {
             "stt_ms": None if turn.stt_ms is None else round(turn.stt_ms, 1),
-            "eou_ms": ms(None if turn.confirmed_at is None else turn.confirmed_at - turn.last_speech_at),
+            "eou_ms": ms(
+                None if turn.confirmed_at is None else turn.confirmed_at - turn.last_speech_at
+            ),
             "eou_model_ms": None if turn.eou_model_ms is None else round(turn.eou_model_ms, 1),
             **reply.metrics.as_ms(),
             "voice_to_voice_ms": ms(now - turn.last_speech_at),
+            "drafts_discarded": turn.drafts_discarded,
+            "early_finals_discarded": turn.early_finals_discarded,
+            "preemptive": reply.metrics.llm_started is not None
+            and turn.confirmed_at is not None
+            and reply.metrics.llm_started < turn.confirmed_at,
+        }
+        steps = {
+            **turn.marks,
+            "llm_started": reply.metrics.llm_started,
+            "llm_first_token": reply.metrics.llm_first_token,
+            "tts_started": reply.metrics.tts_started,
+            "tts_first_audio": reply.metrics.tts_first_audio,
+            "first_frame": now,
+        }
+        # Each step in ms after the user's last speech: where the voice-to-voice time went.
+        metrics["timeline_ms"] = {
+            k: ms(v - turn.last_speech_at) for k, v in steps.items() if v is not None
         }
         self.sink.send_event(event("turn.metrics", turn_id=reply.turn_id, **metrics))
         log.info("turn metrics", turn_id=reply.turn_id, **metrics)
 
+    def _prefill_next_turn(self) -> None:
+        """Warm the LLM's KV cache with the next turn's prompt prefix while the user talks."""
+        messages = self.history.next_prefix()
+
+        async def prefill() -> None:
+            try:
+                await self.engines.llm.prefill(messages)
+            except Exception as exc:  # an optimisation only: never fail the session
+                log.warning("prefill failed", error=repr(exc))
+
+        self._spawn(prefill())
+
     def _discard_reply(self, reply: Reply) -> None:
         """Drop a reply that was never heard (preemptive work on an unfinished turn)."""
+        if self._turn is not None and self._turn.turn_id == reply.turn_id:
+            self._turn.drafts_discarded += 1
         if reply.task is not None:
             reply.task.cancel()
         if self._reply is reply:
@@ -466,6 +543,7 @@ class VoiceSession:
         heard = reply.playout.heard_text() if reply.confirmed else ""
         if reply.confirmed:
             self.history.add_assistant(heard)
+            self._prefill_next_turn()
         self.sink.send_event(
             event(
                 "turn.interrupted",

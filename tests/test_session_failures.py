@@ -1,0 +1,128 @@
+"""VoiceSession against engine failures, with test doubles for the engines (a unit test
+of the voice layer; the real engines are exercised end to end elsewhere)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from parley.config import Settings
+from parley.engines import ChatMessage, EngineError, Engines, Transcript
+
+
+class LoudnessVAD:
+    """Speech = loud window. Deterministic, so the test controls the turn exactly."""
+
+    window_samples = 512
+
+    def stream(self) -> LoudnessVAD:
+        return self
+
+    async def probability(self, window: np.ndarray) -> float:
+        return 1.0 if float(np.abs(window).mean()) > 0.05 else 0.0
+
+
+class FixedSTT:
+    busy = False
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        return Transcript("What time is it?", 1.0)
+
+
+class SureEOU:
+    async def completion_probability(self, audio: np.ndarray) -> float:
+        return 1.0
+
+
+class ToneTTS:
+    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+        yield np.full(1600, 5000, dtype="<i2")
+
+
+class ScriptedLLM:
+    """Fails as told for the first reply, then answers."""
+
+    def __init__(self, failure: str) -> None:
+        self.failure = failure
+        self.calls = 0
+
+    async def stream_chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+        self.calls += 1
+        if self.calls == 1 and self.failure == "hang":
+            await asyncio.sleep(3600)
+        if self.calls == 1 and self.failure == "error":
+            raise EngineError("model crashed")
+        yield "It is noon."
+
+    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+        return None
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.frames = 0
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def send_audio(self, pcm: bytes) -> None:
+        self.frames += 1
+
+    def clear_audio(self) -> None:
+        pass
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+async def speak_one_turn(session: Any) -> None:
+    speech = (np.sin(np.arange(16_000) / 5) * 20_000).astype("<i2")
+    for chunk in (speech, np.zeros(16_000, dtype="<i2")):
+        for i in range(0, chunk.size, 320):
+            session.push_audio(chunk[i : i + 320].tobytes())
+            await asyncio.sleep(0.002)
+
+
+async def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    """Poll: the session under test has no hook to signal these conditions."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(("failure", "code"), [("hang", "llm_timeout"), ("error", "engine_error")])
+async def test_llm_failure_is_reported_and_the_session_goes_on(
+    failure: str, code: str, tmp_path: Any, monkeypatch: Any
+) -> None:
+    from parley.voice.session import VoiceSession
+
+    monkeypatch.chdir(tmp_path)  # no ./parley.toml: the defaults (no greeting)
+    monkeypatch.delenv("PARLEY_CONFIG", raising=False)
+    settings = Settings(llm={"timeout": 0.3}, turn={"preemptive_generation": False})
+    llm = ScriptedLLM(failure)
+    engines = Engines(stt=FixedSTT(), llm=llm, tts=ToneTTS(), vad=LoudnessVAD(), eou=SureEOU())
+    sink = Sink()
+    session = VoiceSession(engines, settings, sink)
+    await session.start()
+    try:
+        await speak_one_turn(session)
+        await wait_for(lambda: sink.of("error"))
+        (error,) = sink.of("error")
+        assert error["code"] == code and error["turn_id"] == 1 and error["message"]
+        await wait_for(lambda: session.state == "listening")
+
+        # The next turn is answered normally.
+        await speak_one_turn(session)
+        await wait_for(lambda: [e for e in sink.of("agent.text") if e["turn_id"] == 2])
+        assert [e["text"] for e in sink.of("agent.text")] == ["It is noon."]
+        assert sink.frames > 0
+        await wait_for(lambda: session.state == "listening")
+        # The failed turn keeps its user message; only the answered one has a reply.
+        assert [m.role for m in session.history.messages] == ["user", "user", "assistant"]
+    finally:
+        await session.close()
