@@ -77,3 +77,21 @@ def test_features_match_the_reference_smart_turn_was_trained_on():
     theirs = ref.compute_whisper_log_mel_features(np.pad(x, (16_000 * 3, 0)))
     assert ours.shape == (80, 800)
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
+def test_whisper_reads_speech_longer_than_its_window():
+    """A 35 s monologue is transcribed in full, not cut at Whisper's 30 s window."""
+    from parley.config import STTSettings
+    from parley.engines.stt_whisper import WhisperSTT
+    from parley.testing import caller_speech
+
+    first = caller_speech("Good morning everyone")
+    last = caller_speech("Thank you and goodbye")
+    gap = np.zeros(16_000 * 35 - first.size - last.size, dtype="<i2")
+    audio = np.concatenate([first, gap, last]).astype(np.float32) / 32768
+    stt = WhisperSTT(STTSettings(cpu_threads=1))
+    try:
+        text = stt._transcribe_blocking(audio).lower()
+    finally:
+        stt.close()
+    assert "morning" in text and "goodbye" in text, text

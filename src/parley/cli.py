@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,10 +54,26 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 async def _call(args: argparse.Namespace) -> int:
-    from parley.audio import read_wav, write_wav
+    import wave
+
+    from parley.audio import read_wav
+
+    try:
+        pcm = read_wav(args.wav)
+    except (OSError, EOFError, ValueError, wave.Error) as exc:
+        print(f"parley call: cannot read {args.wav} as a PCM WAV file: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return await _stream_call(args, pcm)
+    except OSError as exc:
+        print(f"parley call: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _stream_call(args: argparse.Namespace, pcm: Any) -> int:
+    from parley.audio import write_wav
     from parley.client import CallClient
 
-    pcm = read_wav(args.wav)
     async with CallClient(args.url) as client:
         shown = 0
         sent = client.say(pcm)

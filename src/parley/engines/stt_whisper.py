@@ -80,9 +80,15 @@ class WhisperSTT:
         return min(MAX_FRAMES, -(-wanted // 100) * 100)
 
     def _transcribe_blocking(self, audio: np.ndarray) -> str:
+        features = self._whisper.feature_extractor(audio)
+        # Speech longer than Whisper's 30 s window is read window by window.
+        windows = range(0, max(1, features.shape[1]), MAX_FRAMES)
+        texts = [self._transcribe_window(features[:, i : i + MAX_FRAMES]) for i in windows]
+        return " ".join(t for t in texts if t)
+
+    def _transcribe_window(self, features: np.ndarray) -> str:
         from faster_whisper.transcribe import get_ctranslate2_storage
 
-        features = self._whisper.feature_extractor(audio)[:, :MAX_FRAMES]
         n = features.shape[1]
         batch = np.zeros((1, features.shape[0], self._window_frames(n)), dtype=np.float32)
         batch[0, :, :n] = features
