@@ -35,6 +35,8 @@ install: $(STAMP)
 # Build tools for llama-cpp-python (compiled from source) when the machine lacks them.
 $(STAMP): pyproject.toml Makefile
 	@scripts/ensure-apt.sh g++:g++ cmake:cmake
+	@# Debian's Python needs python3-venv for `-m venv` (ensurepip).
+	@$(PYTHON) -c "import ensurepip" 2>/dev/null || scripts/ensure-apt.sh _none_:python3-venv
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel
 	$(BIN)/python -m pip install -q -e ".[piper,dev]"

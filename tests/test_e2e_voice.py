@@ -10,7 +10,13 @@ import pytest
 from conftest import cough, silence
 from parley.client import CallClient
 from parley.testing import trim_silence as trim
-from voice_helpers import listening, speaking, wait_reply_done, word_recall, words
+from voice_helpers import (
+    ask_for_a_long_reply,
+    listening,
+    wait_reply_done,
+    word_recall,
+    words,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -69,12 +75,7 @@ async def test_mid_sentence_pause_stays_one_turn(server, caller):
 
 async def test_speech_during_reply_interrupts_it(server, caller):
     async with CallClient(server.ws_url) as call:
-        _, greeted_at = await wait_reply_done(call, after=0)
-        await call.say(
-            caller("Tell me a long story about a brave little dragon who learned to fly")
-        )
-        ended_at, ended = await call.wait_for("turn.ended", after=greeted_at, timeout=20)
-        spoke_at, _ = await call.wait_for("agent.state", speaking, after=ended_at, timeout=20)
+        _, ended, spoke_at = await ask_for_a_long_reply(call, caller)
         await asyncio.sleep(0.6)
         assert not [e for t, e in call.events if t > spoke_at and listening(e)], (
             "reply too short to interrupt"
@@ -119,12 +120,7 @@ async def test_speech_during_reply_interrupts_it(server, caller):
 @pytest.mark.parametrize("burst", ["cough", "hm"])
 async def test_short_burst_during_reply_does_not_interrupt(server, caller, burst):
     async with CallClient(server.ws_url) as call:
-        _, greeted_at = await wait_reply_done(call, after=0)
-        await call.say(
-            caller("Tell me a long story about a brave little dragon who learned to fly")
-        )
-        ended_at, ended = await call.wait_for("turn.ended", after=greeted_at, timeout=20)
-        spoke_at, _ = await call.wait_for("agent.state", speaking, after=ended_at, timeout=20)
+        _, ended, spoke_at = await ask_for_a_long_reply(call, caller)
         await asyncio.sleep(0.5)
         sound = (
             cough(0.25) if burst == "cough" else trim(caller("hm", speed=220))[: int(0.3 * 16_000)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from parley.client import CallClient
@@ -34,3 +35,14 @@ def word_recall(expected: str, heard: str) -> float:
     exp = words(expected)
     got = set(words(heard))
     return sum(w in got for w in exp) / max(1, len(exp))
+
+
+async def ask_for_a_long_reply(
+    client: CallClient, caller: Callable[..., Any]
+) -> tuple[float, dict[str, Any], float]:
+    """After the greeting, ask for a story; returns (turn ended at, turn.ended, speaking at)."""
+    _, greeted_at = await wait_reply_done(client, after=0)
+    await client.say(caller("Tell me a long story about a brave little dragon who learned to fly"))
+    ended_at, ended = await client.wait_for("turn.ended", after=greeted_at, timeout=20)
+    spoke_at, _ = await client.wait_for("agent.state", speaking, after=ended_at, timeout=20)
+    return ended_at, ended, spoke_at
