@@ -33,6 +33,11 @@ async def test_greeting_then_turn_transcribed_answered_and_spoken(server, caller
         assert {"store", "open", "tomorrow", "morning"} <= heard_words, ended["text"]
         finals = [e for e in call.of_type("transcript.final") if e["turn_id"] == ended["turn_id"]]
         assert finals and all(e["text"] for e in finals)
+        # Partials came while the user spoke, before the final, and are never committed.
+        partials = [
+            e for e in call.of_type("transcript.partial") if e["turn_id"] == ended["turn_id"]
+        ]
+        assert partials and partials[0]["ts"] <= finals[0]["ts"]
 
         _, done_at = await wait_reply_done(call, after=ended_at)
         said = " ".join(
@@ -47,6 +52,10 @@ async def test_greeting_then_turn_transcribed_answered_and_spoken(server, caller
         assert word_recall(said, heard.text) >= 0.6, (said, heard.text)
 
         _, metrics = await call.wait_for("turn.metrics", lambda e: e["turn_id"] == ended["turn_id"])
+        await call.send_json({"type": "status"})
+        _, status = await call.wait_for("session.status", after=done_at)
+        users = [m["content"] for m in status["history"] if m["role"] == "user"]
+        assert users == [ended["text"]]
         for key in ("stt_ms", "eou_ms", "llm_ttft_ms", "tts_ttfb_ms", "voice_to_voice_ms"):
             assert isinstance(metrics[key], float) and metrics[key] >= 0, (key, metrics)
 
