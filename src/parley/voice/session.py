@@ -76,7 +76,14 @@ class UserTurn:
 
     @property
     def text(self) -> str:
-        return " ".join(t for _, t in sorted(self.texts.items()) if t)
+        return self.text_with()
+
+    def text_with(self, index: int | None = None, text: str = "") -> str:
+        """The turn's transcript, segments in order, optionally with one segment replaced."""
+        texts = dict(self.texts)
+        if index is not None:
+            texts[index] = text
+        return " ".join(t for _, t in sorted(texts.items()) if t)
 
 
 class VoiceSession:
@@ -304,8 +311,7 @@ class VoiceSession:
         except EngineError:
             return None  # _finalize transcribes again and reports a repeated failure
         if seg.early is me and not seg.stopped:
-            texts = {**turn.texts, seg.index: result.text}
-            self._preempt(turn, " ".join(t for _, t in sorted(texts.items()) if t))
+            self._preempt(turn, turn.text_with(seg.index, result.text))
         return result
 
     async def _finalize(self, turn: UserTurn, seg: Segment) -> None:
