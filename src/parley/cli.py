@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> None:
     call.add_argument("--url", default="ws://127.0.0.1:8000/v1/ws")
     call.add_argument("--out", type=Path, default=Path("agent.wav"), help="agent audio WAV")
     call.add_argument("--wait", type=float, default=15.0, help="max seconds to wait after the file")
+    call.add_argument(
+        "--talk-over-greeting",
+        action="store_true",
+        help="start speaking at once instead of after the agent's greeting",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -75,31 +80,66 @@ async def _stream_call(args: argparse.Namespace, pcm: Any) -> int:
     from parley.client import CallClient
 
     async with CallClient(args.url) as client:
-        shown = 0
-        sent = client.say(pcm)
+        printer = asyncio.create_task(_print_events(client))
+        if not args.talk_over_greeting:
+            await _let_greeting_finish(client)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + pcm.size / 16_000 + args.wait
-        last_speech_at = await sent
-        while loop.time() < deadline:
-            await asyncio.sleep(0.1)
-            for _, ev in client.events[shown:]:
-                _print_event(ev)
-            shown = len(client.events)
-            states = [ev.get("state") for ev in client.of_type("agent.state")]
-            if (
-                client.of_type("turn.ended")
-                and states
-                and states[-1] == "listening"
-                and "speaking" in states
-            ):
-                break
+        started = loop.time()
+        last_speech_at = await client.say(pcm)
+        replied = True
+        try:
+            # Every turn of the file is answered, then the agent falls quiet.
+            ended_at, _ = await client.wait_for("turn.ended", after=started, timeout=args.wait)
+            while True:
+                spoke_at, _ = await client.wait_for(
+                    "agent.state",
+                    lambda e: e["state"] == "speaking",
+                    after=ended_at,
+                    timeout=args.wait,
+                )
+                await client.wait_for(
+                    "agent.state", lambda e: e["state"] == "listening", after=spoke_at, timeout=120
+                )
+                more = [t for t, e in client.events if t > ended_at and e["type"] == "turn.ended"]
+                if not more or more[-1] < spoke_at:
+                    break
+                ended_at = more[-1]
+        except TimeoutError:
+            replied = False
+        await asyncio.sleep(0.2)
+        printer.cancel()
         agent = client.audio_between(0)
         write_wav(args.out, agent)
         first = client.first_loud_audio_after(last_speech_at)
         if first is not None:
             print(f"voice-to-voice (client-measured): {(first - last_speech_at) * 1000:.0f} ms")
         print(f"agent audio: {agent.size / 16_000:.2f} s -> {args.out}")
+        if not replied:
+            print(f"parley call: no complete reply within {args.wait:.0f} s", file=sys.stderr)
+            return 1
     return 0
+
+
+async def _print_events(client: Any) -> None:
+    shown = 0
+    while True:
+        await asyncio.sleep(0.05)
+        for _, ev in client.events[shown:]:
+            _print_event(ev)
+        shown = len(client.events)
+
+
+async def _let_greeting_finish(client: Any) -> None:
+    """Wait, as a person would, until the agent's greeting (if any) has been spoken."""
+    try:
+        spoke_at, _ = await client.wait_for(
+            "agent.state", lambda e: e["state"] == "speaking", timeout=3.0
+        )
+    except TimeoutError:
+        return  # no greeting configured
+    await client.wait_for(
+        "agent.state", lambda e: e["state"] == "listening", after=spoke_at, timeout=60.0
+    )
 
 
 def _print_event(ev: dict[str, object]) -> None:
