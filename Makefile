@@ -11,12 +11,12 @@ STAMP  := $(VENV)/.installed
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-fast bench lint install system-deps clean
+.PHONY: run test test-fast bench lint install system-deps postgres clean
 
 run: install
 	$(BIN)/parley serve
 
-test: install system-deps
+test: install system-deps postgres
 	$(BIN)/python -m pytest -q
 
 test-fast: install
@@ -49,6 +49,10 @@ $(STAMP): pyproject.toml Makefile
 # the agent's Piper voice).
 system-deps:
 	@scripts/ensure-apt.sh espeak-ng:espeak-ng
+
+# The store's tests run against PostgreSQL on 127.0.0.1:5432 as well as SQLite.
+postgres:
+	@scripts/ensure-postgres.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,141 @@
+"""The store on both backends: SQLite (default) and the PostgreSQL on 127.0.0.1:5432."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from parley.store import Database, Store, TurnState, TurnTransitionError, database_url
+from parley.store.repository import NotFound
+
+POSTGRES_ADMIN = os.environ.get(
+    "PARLEY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres:postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request, tmp_path) -> AsyncIterator[Store]:
+    """A migrated, empty database of each kind; PostgreSQL gets a throwaway database."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'parley.db'}")
+        await db.migrate()
+        yield Store(db)
+        await db.close()
+        return
+    name = f"parley_test_{uuid.uuid4().hex[:12]}"
+    admin = Database(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    async with admin.engine.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    db = Database(POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        await db.migrate()
+        yield Store(db)
+    finally:
+        await db.close()
+        async with admin.engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.close()
+
+
+def test_database_url_normalises_provider_urls(monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert database_url() == "sqlite+aiosqlite:///parley.db"
+    assert database_url("postgres://u:p@h/db") == "postgresql+asyncpg://u:p@h/db"
+    assert database_url("postgresql://u@h/db") == "postgresql+asyncpg://u@h/db"
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///x.db")
+    assert database_url() == "sqlite+aiosqlite:///x.db"
+
+
+async def test_session_record_round_trip(store: Store):
+    record = await store.create_session(user_id="u1", consent={"recording": False})
+    again = await store.get_session(record.id)
+    assert again is not None
+    assert (again.user_id, again.room_id, again.mode) == ("u1", f"room-{record.id}", "voice")
+    assert again.consent == {"recording": False} and again.reconnect_count == 0
+    assert await store.get_session("nope") is None
+
+
+async def test_turn_state_machine_is_persisted_with_times(store: Store):
+    session = await store.create_session()
+    turn, created = await store.begin_turn(session.id, "key-1", user_text="hi")
+    assert created and turn.state == "received" and turn.seq == 1
+    await store.transition(turn.id, TurnState.PROCESSING)
+    await store.transition(turn.id, TurnState.COMPLETED, result={"spoken": "hello"})
+    with pytest.raises(TurnTransitionError):
+        await store.transition(turn.id, TurnState.PROCESSING)
+    steps = await store.transitions(turn.id)
+    assert [(t.from_state, t.to_state) for t in steps] == [
+        (None, "received"),
+        ("received", "processing"),
+        ("processing", "completed"),
+    ]
+    assert all(a.at <= b.at for a, b in itertools.pairwise(steps))
+    record = await store.get_session(session.id)
+    assert record is not None and record.turn_state == "completed"
+    (stored,) = await store.turns(session.id)
+    assert stored.result == {"spoken": "hello"}
+
+
+async def test_idempotency_key_is_unique_per_session_even_under_concurrency(store: Store):
+    session = await store.create_session()
+    results = await asyncio.gather(*(store.begin_turn(session.id, "same-key") for _ in range(20)))
+    assert sum(created for _, created in results) == 1
+    assert len({turn.id for turn, _ in results}) == 1
+    assert len(await store.turns(session.id)) == 1
+    # The same key in another session is another turn.
+    other = await store.create_session()
+    _, created = await store.begin_turn(other.id, "same-key")
+    assert created
+
+
+async def test_unknown_session_is_a_clear_error(store: Store):
+    with pytest.raises(NotFound, match="unknown session"):
+        await store.begin_turn("missing", "k")
+    with pytest.raises(NotFound, match="unknown turn"):
+        await store.transition(10_000, TurnState.PROCESSING)
+
+
+async def test_segments_final_and_revised(store: Store):
+    session = await store.create_session()
+    await store.add_segment(session.id, 1, 1, "I want to by a ticket")
+    await store.add_segment(session.id, 1, 2, "for tomorrow")
+    await store.add_segment(session.id, 1, 1, "I want to buy a ticket", revised=True)
+    segments = await store.segments(session.id)
+    assert [(s.segment_id, s.kind, s.text) for s in segments] == [
+        (1, "revised", "I want to buy a ticket"),
+        (2, "final", "for tomorrow"),
+    ]
+
+
+async def test_delete_session_erases_everything_under_it(store: Store):
+    keep = await store.create_session()
+    gone = await store.create_session()
+    for record in (keep, gone):
+        turn, _ = await store.begin_turn(record.id, "k")
+        await store.add_segment(record.id, turn.seq, 1, "hello")
+        await store.add_timeline(record.id, "turn.ended", turn_seq=turn.seq, data={"eou_ms": 300})
+    assert await store.delete_session(gone.id)
+    assert await store.get_session(gone.id) is None
+    assert not await store.turns(gone.id)
+    assert not await store.segments(gone.id)
+    assert not await store.timeline(gone.id)
+    assert not await store.delete_session(gone.id)
+    # The other session is untouched.
+    assert len(await store.segments(keep.id)) == 1
+    assert [e.stage for e in await store.timeline(keep.id)] == ["turn.ended"]
+
+
+async def test_retention_purges_old_transcripts(store: Store):
+    session = await store.create_session()
+    await store.add_segment(session.id, 1, 1, "old words")
+    future = datetime.now(UTC) + timedelta(seconds=5)
+    assert await store.purge_transcripts_before(future - timedelta(days=30)) == 0
+    assert await store.purge_transcripts_before(future) == 1
+    assert not await store.segments(session.id)
