@@ -133,6 +133,7 @@ def main() -> None:
 
     env = dict(kv.split("=", 1) for kv in args.env)
     env.setdefault("PARLEY_LOG_LEVEL", "WARNING")
+    env.setdefault("PARLEY_SERVER__DATABASE_URL", f"sqlite:///{RESULTS / 'bench.db'}")
     server = ServerProcess(env, RESULTS / "server.log", cwd=ROOT)
     try:
         single_turns = asyncio.run(run_session(server.ws_url, UTTERANCES[: args.utterances]))

@@ -14,12 +14,17 @@ from parley.testing import ServerProcess, caller_speech
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
+TOKEN_SECRET = "e2e-secret-0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
     srv = ServerProcess(
-        {"PARLEY_CONFIG": str(ROOT / "tests" / "parley.test.toml")},
+        {
+            "PARLEY_CONFIG": str(ROOT / "tests" / "parley.test.toml"),
+            "PARLEY_SERVER__DATABASE_URL": f"sqlite:///{ARTIFACTS / 'e2e.db'}",
+            "PARLEY_SERVER__TOKEN_SECRET": TOKEN_SECRET,
+        },
         ARTIFACTS / "server.log",
         cwd=ROOT,
     )

@@ -68,10 +68,12 @@ async def _call(args: argparse.Namespace) -> int:
     except (OSError, EOFError, ValueError, wave.Error) as exc:
         print(f"parley call: cannot read {args.wav} as a PCM WAV file: {exc}", file=sys.stderr)
         return 2
+    import httpx
+
     try:
         return await _stream_call(args, pcm)
-    except OSError as exc:
-        print(f"parley call: cannot reach {args.url}: {exc}", file=sys.stderr)
+    except (OSError, httpx.HTTPError) as exc:
+        print(f"parley call: cannot reach {args.url}: {exc!r}", file=sys.stderr)
         return 1
 
 

@@ -12,7 +12,9 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -20,6 +22,21 @@ from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, dbfs
 
 FRAME_SECS = FRAME_SAMPLES / SAMPLE_RATE
 SPEECH_SAMPLE_LEVEL = 300  # |int16| above this counts as speech when finding its last sample
+
+
+def http_base(ws_url: str) -> str:
+    """``ws://host:port/anything`` → ``http://host:port`` (wss → https)."""
+    parts = urlsplit(ws_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    return f"{scheme}://{parts.netloc}"
+
+
+async def create_session(ws_url: str, **body: Any) -> dict[str, Any]:
+    """POST /v1/sessions on the server behind ``ws_url``: the session and its token."""
+    async with httpx.AsyncClient(base_url=http_base(ws_url), timeout=10) as http:
+        response = await http.post("/v1/sessions", json=body)
+        response.raise_for_status()
+        return dict(response.json())
 
 
 @dataclass
@@ -50,8 +67,15 @@ class CallClient:
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
+    session: dict[str, Any] | None = None
+    """The session created for this call (when the URL carried no token)."""
+
     async def __aenter__(self) -> CallClient:
-        self._ws = await connect(self.url, max_size=2**22)
+        url = self.url
+        if "token=" not in url:
+            self.session = await create_session(url)
+            url = f"{url}{'&' if '?' in url else '?'}token={self.session['token']}"
+        self._ws = await connect(url, max_size=2**22)
         self._tasks = [
             asyncio.create_task(self._read_loop()),
             asyncio.create_task(self._mic_loop()),

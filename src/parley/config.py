@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -47,6 +47,12 @@ class ServerSettings(BaseModel):
     ws_max_size: int = Field(default=1_048_576, ge=1024)
     """Transport hard cap; above it the socket is closed with 1009."""
     max_outbound_queue: int = Field(default=2_000, ge=10)
+    token_secret: SecretStr | None = None
+    """HMAC key for session tokens; unset = a random key per process (tokens then die
+    with the process: set it when clients must reconnect across restarts)."""
+    token_ttl_secs: int = Field(default=600, ge=10)
+    database_url: str | None = None
+    """Overrides DATABASE_URL; default: SQLite file ./parley.db."""
 
 
 class VADSettings(BaseModel):

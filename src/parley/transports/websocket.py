@@ -29,15 +29,19 @@ CONTROL_TYPES = ("interrupt", "mute", "unmute", "status", "end", "ping")
 
 
 @router.websocket("/v1/ws")
-async def voice_socket(websocket: WebSocket) -> None:
+async def voice_socket(websocket: WebSocket, token: str | None = None) -> None:
     app = websocket.app
     settings: Settings = app.state.settings
     engines: Engines = app.state.engines
     await websocket.accept()
+    session_id = await _authorize(websocket, token)
+    if session_id is None:
+        return
     outbound = OutboundQueue(settings.server.max_outbound_queue)
-    session = VoiceSession(engines, settings, outbound)
-    sessions: dict[str, VoiceSession] = app.state.sessions
-    sessions[session.session_id] = session
+    session = VoiceSession(engines, settings, outbound, session_id=session_id)
+    sessions: dict[int, VoiceSession] = app.state.sessions
+    connection = id(session)
+    sessions[connection] = session
     bind_session(session.session_id)
     log.info("websocket session opened")
     sender = asyncio.create_task(_send_loop(websocket, outbound), name="ws-send")
@@ -47,7 +51,7 @@ async def voice_socket(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
-        sessions.pop(session.session_id, None)
+        sessions.pop(connection, None)
         await session.close()
         sender.cancel()
         with contextlib.suppress(BaseException):
@@ -56,6 +60,32 @@ async def voice_socket(websocket: WebSocket) -> None:
             with contextlib.suppress(Exception):
                 await websocket.close(1000)
         log.info("websocket session closed")
+
+
+async def _authorize(websocket: WebSocket, token: str | None) -> str | None:
+    """The session id the connection's token grants, or None after closing it with a
+    clear error (4401: no valid token; 4404: the session no longer exists)."""
+    app = websocket.app
+    try:
+        granted = app.state.tokens.verify(token, None)
+    except Exception as exc:  # TokenError: status and message
+        status = getattr(exc, "status", 401)
+        message = getattr(exc, "message", str(exc))
+        await _refuse(
+            websocket, 4000 + status, "unauthorized" if status == 401 else "forbidden", message
+        )
+        return None
+    if await app.state.store.get_session(granted.session_id) is None:
+        await _refuse(websocket, 4404, "unknown_session", f"unknown session {granted.session_id}")
+        return None
+    return str(granted.session_id)
+
+
+async def _refuse(websocket: WebSocket, code: int, error: str, message: str) -> None:
+    log.info("websocket refused", error=error)
+    with contextlib.suppress(Exception):
+        await websocket.send_text(json.dumps(event("error", code=error, message=message)))
+        await websocket.close(code, message[:120])
 
 
 async def _send_loop(websocket: WebSocket, outbound: OutboundQueue) -> None:

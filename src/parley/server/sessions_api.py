@@ -1,0 +1,132 @@
+"""Session control plane: create a session, read it, refresh its token."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Header, HTTPException, Request
+from pydantic import BaseModel, Field
+
+from parley.server.tokens import MAY_MINT, SessionToken, TokenError, TokenIssuer
+from parley.store import Store
+
+router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
+
+
+class CreateSession(BaseModel):
+    user_id: str | None = Field(default=None, max_length=255)
+    mode: Literal["voice", "text"] = "voice"
+    consent: dict[str, bool] = Field(default_factory=dict)
+    """What the user agreed to, e.g. {"store_transcripts": true}."""
+
+
+class TokenRequest(BaseModel):
+    role: Literal["user", "agent", "supervisor"] = "user"
+
+
+class TokenOut(BaseModel):
+    session_id: str
+    room_id: str
+    role: str
+    token: str
+    expires_at: int
+    """Unix time."""
+    websocket_url: str
+    """Path of the voice WebSocket for this token (relative to the server)."""
+
+
+class SessionOut(BaseModel):
+    id: str
+    user_id: str | None
+    room_id: str
+    mode: str
+    started_at: datetime
+    ended_at: datetime | None
+    orchestration_state: dict[str, Any]
+    turn_state: str | None
+    reconnect_status: str
+    reconnect_count: int
+    consent: dict[str, Any]
+
+
+def _token_out(t: SessionToken) -> TokenOut:
+    return TokenOut(
+        session_id=t.session_id,
+        room_id=t.room_id,
+        role=t.role,
+        token=t.token,
+        expires_at=t.expires_at,
+        websocket_url=f"/v1/ws?token={t.token}",
+    )
+
+
+def _bearer(authorization: str | None) -> str | None:
+    if authorization and authorization.lower().startswith("bearer "):
+        return authorization[7:].strip()
+    return None
+
+
+def _authorize(request: Request, session_id: str, authorization: str | None) -> SessionToken:
+    issuer: TokenIssuer = request.app.state.tokens
+    try:
+        return issuer.verify(_bearer(authorization), session_id)
+    except TokenError as exc:
+        raise HTTPException(exc.status, exc.message) from exc
+
+
+@router.post("", status_code=201, response_model=TokenOut)
+async def create_session(body: CreateSession, request: Request) -> TokenOut:
+    """Create the server-side session record and a short-lived user token for it."""
+    store: Store = request.app.state.store
+    record = await store.create_session(
+        user_id=body.user_id, mode=body.mode, consent=dict(body.consent)
+    )
+    issuer: TokenIssuer = request.app.state.tokens
+    return _token_out(issuer.mint(record.id, record.room_id, "user"))
+
+
+@router.get(
+    "/{session_id}",
+    response_model=SessionOut,
+    responses={
+        401: {"description": "no valid token"},
+        403: {"description": "token for another session"},
+    },
+)
+async def get_session(
+    session_id: str, request: Request, authorization: str | None = Header(default=None)
+) -> SessionOut:
+    _authorize(request, session_id, authorization)
+    store: Store = request.app.state.store
+    record = await store.get_session(session_id)
+    if record is None:
+        raise HTTPException(404, f"unknown session {session_id}")
+    return SessionOut.model_validate(record, from_attributes=True)
+
+
+@router.post(
+    "/{session_id}/tokens",
+    status_code=201,
+    response_model=TokenOut,
+    responses={
+        401: {"description": "no valid token"},
+        403: {"description": "wrong session or role"},
+    },
+)
+async def refresh_token(
+    session_id: str,
+    body: TokenRequest,
+    request: Request,
+    authorization: str | None = Header(default=None),
+) -> TokenOut:
+    """A fresh token for the session, for a role the caller's token may mint."""
+    caller = _authorize(request, session_id, authorization)
+    if body.role not in MAY_MINT[caller.role]:
+        raise HTTPException(403, f"a {caller.role} token cannot mint a {body.role} token")
+    store: Store = request.app.state.store
+    record = await store.get_session(session_id)
+    if record is None:
+        raise HTTPException(404, f"unknown session {session_id}")
+    issuer: TokenIssuer = request.app.state.tokens
+    return _token_out(issuer.mint(record.id, record.room_id, body.role))

@@ -1,0 +1,105 @@
+"""Session control plane over HTTP: creation, reading, token refresh, and every way a
+token can be wrong (401/403 with a clear message)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import jwt
+import pytest
+
+from parley.config import Settings
+from parley.server import create_app
+
+SECRET = "test-secret-0123456789abcdef0123456789"
+
+
+@pytest.fixture
+async def api(tmp_path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(
+        server={"database_url": f"sqlite:///{tmp_path / 'api.db'}", "token_secret": SECRET}
+    )
+    # No voice session is opened here, so no models are loaded: engines stay a placeholder.
+    app = create_app(settings, engines=object())  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://parley") as client:
+            yield client
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def new_session(api: httpx.AsyncClient, **body: object) -> dict:
+    r = await api.post("/v1/sessions", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def test_create_and_read_a_session(api):
+    created = await new_session(api, user_id="alice", consent={"store_transcripts": True})
+    assert created["role"] == "user" and created["room_id"] == f"room-{created['session_id']}"
+    assert created["websocket_url"] == f"/v1/ws?token={created['token']}"
+    assert 590 <= created["expires_at"] - time.time() <= 600
+    r = await api.get(f"/v1/sessions/{created['session_id']}", headers=bearer(created["token"]))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["user_id"] == "alice" and body["consent"] == {"store_transcripts": True}
+    assert body["reconnect_status"] == "connected" and body["turn_state"] is None
+
+
+async def test_refresh_gives_a_new_token_for_the_same_session(api):
+    created = await new_session(api)
+    r = await api.post(
+        f"/v1/sessions/{created['session_id']}/tokens", json={}, headers=bearer(created["token"])
+    )
+    assert r.status_code == 201
+    fresh = r.json()
+    assert fresh["token"] != created["token"] and fresh["session_id"] == created["session_id"]
+    r = await api.get(f"/v1/sessions/{created['session_id']}", headers=bearer(fresh["token"]))
+    assert r.status_code == 200
+
+
+async def test_missing_forged_and_expired_tokens_get_401(api):
+    created = await new_session(api)
+    sid = created["session_id"]
+    r = await api.get(f"/v1/sessions/{sid}")
+    assert r.status_code == 401 and "required" in r.json()["detail"]
+
+    claims = jwt.decode(created["token"], options={"verify_signature": False})
+    forged = jwt.encode(claims, "not-the-server-secret-0123456789abcdef", algorithm="HS256")
+    r = await api.get(f"/v1/sessions/{sid}", headers=bearer(forged))
+    assert r.status_code == 401 and "signature" in r.json()["detail"]
+
+    expired = jwt.encode({**claims, "exp": int(time.time()) - 5}, SECRET, algorithm="HS256")
+    r = await api.get(f"/v1/sessions/{sid}", headers=bearer(expired))
+    assert r.status_code == 401 and "expired" in r.json()["detail"]
+
+    r = await api.get(f"/v1/sessions/{sid}", headers=bearer("not.a.jwt"))
+    assert r.status_code == 401 and "not valid" in r.json()["detail"]
+
+
+async def test_other_session_and_wrong_role_get_403(api):
+    mine = await new_session(api)
+    theirs = await new_session(api)
+    r = await api.get(f"/v1/sessions/{theirs['session_id']}", headers=bearer(mine["token"]))
+    assert r.status_code == 403 and "another session" in r.json()["detail"]
+
+    r = await api.post(
+        f"/v1/sessions/{mine['session_id']}/tokens",
+        json={"role": "supervisor"},
+        headers=bearer(mine["token"]),
+    )
+    assert r.status_code == 403 and "cannot mint" in r.json()["detail"]
+
+
+async def test_bad_requests_are_rejected_clearly(api):
+    r = await api.post("/v1/sessions", json={"mode": "telepathy"})
+    assert r.status_code == 422
+    r = await api.post(
+        "/v1/sessions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422
