@@ -3,6 +3,7 @@ token can be wrong (401/403 with a clear message)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -103,3 +104,46 @@ async def test_bad_requests_are_rejected_clearly(api):
         "/v1/sessions", content=b"{not json", headers={"content-type": "application/json"}
     )
     assert r.status_code == 422
+
+
+async def test_delete_erases_the_session_and_its_token_stops_working(api):
+    mine = await new_session(api)
+    other = await new_session(api)
+    r = await api.delete(f"/v1/sessions/{mine['session_id']}", headers=bearer(other["token"]))
+    assert r.status_code == 403
+    r = await api.delete(f"/v1/sessions/{mine['session_id']}", headers=bearer(mine["token"]))
+    assert r.status_code == 204
+    r = await api.get(f"/v1/sessions/{mine['session_id']}", headers=bearer(mine["token"]))
+    assert r.status_code == 404 and "unknown session" in r.json()["detail"]
+    r = await api.delete(f"/v1/sessions/{mine['session_id']}", headers=bearer(mine["token"]))
+    assert r.status_code == 404
+
+
+async def test_retention_purges_old_transcripts_at_start_up(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    from parley.store import Database, Store
+    from parley.store.models import TranscriptSegment
+
+    url = f"sqlite:///{tmp_path / 'retention.db'}"
+    db = Database(url)
+    await db.migrate()
+    store = Store(db)
+    session = await store.create_session()
+    await store.add_segment(session.id, 1, 1, "ancient words")
+    await store.add_segment(session.id, 1, 2, "fresh words")
+    async with db.session() as s:
+        old = await s.get(TranscriptSegment, 1)
+        assert old is not None
+        old.created_at = datetime.now(UTC) - timedelta(days=40)
+    await db.close()
+
+    settings = Settings(server={"database_url": url, "transcript_retention_days": 30})
+    app = create_app(settings, engines=object())  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        store = app.state.store
+        for _ in range(50):
+            if len(await store.segments(session.id)) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert [s.text for s in await store.segments(session.id)] == ["fresh words"]

@@ -53,6 +53,8 @@ class ServerSettings(BaseModel):
     token_ttl_secs: int = Field(default=600, ge=10)
     database_url: str | None = None
     """Overrides DATABASE_URL; default: SQLite file ./parley.db."""
+    transcript_retention_days: float | None = Field(default=30.0, gt=0)
+    """Transcripts older than this are purged (at start-up, then hourly); None keeps them."""
 
 
 class VADSettings(BaseModel):

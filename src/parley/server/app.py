@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI
@@ -14,7 +16,29 @@ from parley.engines import Engines, load_engines
 from parley.server.sessions_api import router as sessions_router
 from parley.server.tokens import TokenIssuer
 from parley.store import Database, Store
+from parley.telemetry import get_logger
 from parley.transports.websocket import router as websocket_router
+
+log = get_logger(__name__)
+
+
+RETENTION_PERIOD_SECS = 3600
+
+
+async def _enforce_retention(store: Store, settings: Settings) -> None:
+    """Purge transcripts older than the retention setting, at start-up and then hourly."""
+    days = settings.server.transcript_retention_days
+    if days is None:
+        return
+    while True:
+        cutoff = datetime.now(UTC) - timedelta(days=days)
+        try:
+            purged = await store.purge_transcripts_before(cutoff)
+            if purged:
+                log.info("retention purge", transcripts=purged, days=days)
+        except Exception as exc:  # a failed purge is retried next period
+            log.warning("retention purge failed", error=repr(exc))
+        await asyncio.sleep(RETENTION_PERIOD_SECS)
 
 
 def create_app(settings: Settings | None = None, engines: Engines | None = None) -> FastAPI:
@@ -26,11 +50,13 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         database = Database(settings.server.database_url)
         await database.migrate()
         app.state.store = Store(database)
+        retention = asyncio.create_task(_enforce_retention(app.state.store, settings))
         owned = engines is None
         app.state.engines = engines if engines is not None else await load_engines(settings)
         try:
             yield
         finally:
+            retention.cancel()
             if owned:
                 await app.state.engines.close()
             await database.close()

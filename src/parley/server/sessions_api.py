@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, Header, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
 from parley.server.tokens import MAY_MINT, SessionToken, TokenError, TokenIssuer
@@ -130,3 +130,22 @@ async def refresh_token(
         raise HTTPException(404, f"unknown session {session_id}")
     issuer: TokenIssuer = request.app.state.tokens
     return _token_out(issuer.mint(record.id, record.room_id, body.role))
+
+
+@router.delete(
+    "/{session_id}",
+    status_code=204,
+    responses={
+        401: {"description": "no valid token"},
+        403: {"description": "token for another session"},
+    },
+)
+async def delete_session(
+    session_id: str, request: Request, authorization: str | None = Header(default=None)
+) -> Response:
+    """Erase the session: its record, turns, transcripts, tool executions and timeline."""
+    _authorize(request, session_id, authorization)
+    store: Store = request.app.state.store
+    if not await store.delete_session(session_id):
+        raise HTTPException(404, f"unknown session {session_id}")
+    return Response(status_code=204)
