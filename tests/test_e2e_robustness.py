@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from parley.client import CallClient
-from voice_helpers import wait_reply_done, words
+from voice_helpers import stored_record, wait_reply_done, words
 
 pytestmark = pytest.mark.e2e
 
@@ -68,8 +68,9 @@ async def test_message_over_transport_cap_closes_cleanly(server, caller):
 
 
 async def test_client_vanishing_mid_turn(server, caller):
+    gone = CallClient(server.ws_url)
+
     async def disturb() -> None:
-        gone = CallClient(server.ws_url)
         await gone.__aenter__()
         await gone.wait_for("session.started")
         await gone.say(caller("Please book a table for two at seven tonight"))
@@ -85,6 +86,12 @@ async def test_client_vanishing_mid_turn(server, caller):
             break
         await asyncio.sleep(0.1)
     assert server.health()["sessions"] == 0
+    # The turn left unfinished is recorded as cancelled, with its whole path.
+    record = await stored_record(
+        server, gone, lambda r: r["turns"] and r["turns"][-1]["state"] != "processing"
+    )
+    last = record["turns"][-1]
+    assert [t["to"] for t in last["transitions"]] == ["received", "processing", "cancelled"]
 
 
 async def test_controls_mute_interrupt_status_end(server, caller):

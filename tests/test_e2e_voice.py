@@ -13,6 +13,7 @@ from parley.testing import trim_silence as trim
 from voice_helpers import (
     ask_for_a_long_reply,
     listening,
+    stored_record,
     wait_reply_done,
     word_recall,
     words,
@@ -56,6 +57,16 @@ async def test_greeting_then_turn_transcribed_answered_and_spoken(server, caller
         _, status = await call.wait_for("session.status", after=done_at)
         users = [m["content"] for m in status["history"] if m["role"] == "user"]
         assert users == [ended["text"]]
+
+        # The store has the turn with every transition, its final segments and the metrics.
+        record = await stored_record(
+            server, call, lambda r: r["turns"] and r["turns"][0]["state"] == "completed"
+        )
+        (turn,) = record["turns"]
+        assert [t["to"] for t in turn["transitions"]] == ["received", "processing", "completed"]
+        assert turn["user_text"] == ended["text"] and turn["result"]["spoken"] == said
+        assert [s["text"] for s in record["segments"]] == [e["text"] for e in finals]
+        assert {"turn.ended", "turn.metrics"} <= {e["stage"] for e in record["events"]}
         for key in ("stt_ms", "eou_ms", "llm_ttft_ms", "tts_ttfb_ms", "voice_to_voice_ms"):
             assert isinstance(metrics[key], float) and metrics[key] >= 0, (key, metrics)
 
@@ -118,6 +129,13 @@ async def test_speech_during_reply_interrupts_it(server, caller):
         if heard:
             assert assistant[-1] == heard
         assert not any(m == sent and m != heard for m in assistant)
+
+        record = await stored_record(
+            server, call, lambda r: r["turns"] and r["turns"][0]["state"] == "interrupted"
+        )
+        first = record["turns"][0]
+        assert [t["to"] for t in first["transitions"]] == ["received", "processing", "interrupted"]
+        assert first["result"]["heard"] == heard
 
         # The interruption itself becomes the next turn.
         _, nxt = await call.wait_for("turn.ended", after=cut_at, timeout=20)

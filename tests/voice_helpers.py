@@ -46,3 +46,24 @@ async def ask_for_a_long_reply(
     ended_at, ended = await client.wait_for("turn.ended", after=greeted_at, timeout=20)
     spoke_at, _ = await client.wait_for("agent.state", speaking, after=ended_at, timeout=20)
     return ended_at, ended, spoke_at
+
+
+async def stored_record(
+    server: Any, client: CallClient, until: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """The session's persisted timeline (GET /v1/sessions/{id}/timeline), once ``until``
+    holds: the store is written behind the conversation, a moment later."""
+    import asyncio
+
+    import httpx
+
+    assert client.session is not None
+    url = f"{server.http}/v1/sessions/{client.session['session_id']}/timeline"
+    headers = {"Authorization": f"Bearer {client.session['token']}"}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for _ in range(50):
+            record = dict((await http.get(url, headers=headers)).json())
+            if until(record):
+                return record
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"stored record never satisfied the condition: {record}")

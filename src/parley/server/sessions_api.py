@@ -149,3 +149,46 @@ async def delete_session(
     if not await store.delete_session(session_id):
         raise HTTPException(404, f"unknown session {session_id}")
     return Response(status_code=204)
+
+
+@router.get(
+    "/{session_id}/timeline",
+    responses={
+        401: {"description": "no valid token"},
+        403: {"description": "token for another session"},
+    },
+)
+async def session_timeline(
+    session_id: str, request: Request, authorization: str | None = Header(default=None)
+) -> dict[str, Any]:
+    """The session's persisted record: turns with every state transition, final
+    transcript segments and timeline events (no audio)."""
+    _authorize(request, session_id, authorization)
+    store: Store = request.app.state.store
+    if await store.get_session(session_id) is None:
+        raise HTTPException(404, f"unknown session {session_id}")
+    turns = []
+    for turn in await store.turns(session_id):
+        transitions = await store.transitions(turn.id)
+        turns.append(
+            {
+                "seq": turn.seq,
+                "idempotency_key": turn.idempotency_key,
+                "state": turn.state,
+                "user_text": turn.user_text,
+                "result": turn.result,
+                "transitions": [
+                    {"from": t.from_state, "to": t.to_state, "at": t.at.isoformat()}
+                    for t in transitions
+                ],
+            }
+        )
+    segments = [
+        {"turn": s.turn_seq, "segment_id": s.segment_id, "kind": s.kind, "text": s.text}
+        for s in await store.segments(session_id)
+    ]
+    events = [
+        {"stage": e.stage, "turn": e.turn_seq, "at": e.at.isoformat(), "data": e.data}
+        for e in await store.timeline(session_id)
+    ]
+    return {"session_id": session_id, "turns": turns, "segments": segments, "events": events}

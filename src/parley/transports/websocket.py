@@ -19,6 +19,7 @@ from parley.engines import Engines
 from parley.telemetry import bind_session, get_logger
 from parley.transports.outbound import OutboundOverflow, OutboundQueue
 from parley.voice.events import event
+from parley.voice.recording import SessionRecorder
 from parley.voice.session import SessionOverloaded, VoiceSession
 
 log = get_logger(__name__)
@@ -38,7 +39,8 @@ async def voice_socket(websocket: WebSocket, token: str | None = None) -> None:
     if session_id is None:
         return
     outbound = OutboundQueue(settings.server.max_outbound_queue)
-    session = VoiceSession(engines, settings, outbound, session_id=session_id)
+    recorder = SessionRecorder(app.state.store, session_id)
+    session = VoiceSession(engines, settings, outbound, session_id=session_id, recorder=recorder)
     sessions: dict[int, VoiceSession] = app.state.sessions
     connection = id(session)
     sessions[connection] = session

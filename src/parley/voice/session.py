@@ -21,11 +21,13 @@ import numpy as np
 from parley.audio import pcm16_to_float
 from parley.config import Settings
 from parley.engines import EngineError, Engines, Transcript
+from parley.store import TurnState
 from parley.telemetry import bind_session, bind_turn, get_logger
 from parley.voice.endpointing import text_says_complete
 from parley.voice.events import AgentState, Event, SessionSink, event
 from parley.voice.history import ConversationHistory
 from parley.voice.playout import AudioPlayout
+from parley.voice.recording import SessionRecorder
 from parley.voice.response import Reply, error_code, run_reply, unwrap_group_error
 from parley.voice.segmenter import SpeechEdge, SpeechSegmenter
 
@@ -93,11 +95,13 @@ class VoiceSession:
         settings: Settings,
         sink: SessionSink,
         session_id: str | None = None,
+        recorder: SessionRecorder | None = None,
     ) -> None:
         self.session_id = session_id or uuid.uuid4().hex
         self.engines = engines
         self.settings = settings
         self.sink = sink
+        self.recorder = recorder
         self.history = ConversationHistory(
             settings.agent.system_prompt, settings.agent.max_history_messages
         )
@@ -176,6 +180,8 @@ class VoiceSession:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        if self.recorder is not None:
+            await self.recorder.close()
         log.info("session closed", turns=self._turn_count)
 
     # ---- listening --------------------------------------------------------------------------
@@ -328,6 +334,8 @@ class VoiceSession:
         turn.stt_ms = result.duration_ms
         turn.marks["stt_done"] = time.monotonic()
         if result.text:
+            if self.recorder is not None:
+                self.recorder.segment(turn.turn_id, seg.index, result.text)
             self.sink.send_event(
                 event(
                     "transcript.final",
@@ -404,6 +412,13 @@ class VoiceSession:
             )
         )
         log.info("turn ended", turn_id=turn.turn_id, text=text)
+        if self.recorder is not None:
+            self.recorder.turn_started(turn.turn_id, text)
+            self.recorder.event(
+                "turn.ended",
+                turn.turn_id,
+                {"eou_probability": turn.eou_probability, "segments": len(turn.texts)},
+            )
         reply = self._reply
         if reply is None or reply.turn_id != turn.turn_id or reply.user_text != text:
             if reply is not None:
@@ -444,11 +459,18 @@ class VoiceSession:
         except BaseException as exc:
             real = unwrap_group_error(exc)
             log.warning("reply failed", turn_id=reply.turn_id, error=repr(real))
-            self._send_error(error_code(real), str(real) or type(real).__name__, reply.turn_id)
+            code = error_code(real)
+            self._send_error(code, str(real) or type(real).__name__, reply.turn_id)
             self.history.add_assistant(reply.playout.heard_text())
+            if self.recorder is not None:
+                self.recorder.turn_finished(reply.turn_id, TurnState.FAILED, {"error": code})
         else:
             self.history.add_assistant(reply.raw_text() or reply.full_text())
             self._prefill_next_turn()
+            if self.recorder is not None:
+                self.recorder.turn_finished(
+                    reply.turn_id, TurnState.COMPLETED, {"spoken": reply.full_text()}
+                )
         if self._reply is reply:
             self._reply = None
             self._send_state("listening")
@@ -491,6 +513,8 @@ class VoiceSession:
             k: ms(v - turn.last_speech_at) for k, v in steps.items() if v is not None
         }
         self.sink.send_event(event("turn.metrics", turn_id=reply.turn_id, **metrics))
+        if self.recorder is not None:
+            self.recorder.event("turn.metrics", reply.turn_id, metrics)
         log.info("turn metrics", turn_id=reply.turn_id, **metrics)
 
     def _prefill_next_turn(self) -> None:
@@ -560,6 +584,12 @@ class VoiceSession:
             )
         )
         log.info("turn interrupted", turn_id=reply.turn_id, reason=reason)
+        if self.recorder is not None:
+            result = {"heard": heard, "reason": reason}
+            self.recorder.turn_finished(reply.turn_id, TurnState.INTERRUPTED, result)
+            self.recorder.event(
+                "turn.interrupted", reply.turn_id, {"reason": reason, "words": words}
+            )
         self._send_state("listening")
 
     def _adopt_overlap(self) -> None:

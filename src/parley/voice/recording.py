@@ -1,0 +1,89 @@
+"""What a VoiceSession records in the store: its turns (with every state transition),
+final transcript segments and timeline events. Never audio, never partials.
+
+Writes go through a queue drained by one task per session, so the audio path never
+waits on the database and the writes of a session keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from parley.store import Store, TurnState
+from parley.telemetry import get_logger
+
+log = get_logger(__name__)
+
+Write = Callable[[], Awaitable[None]]
+
+
+class SessionRecorder:
+    def __init__(self, store: Store, session_id: str) -> None:
+        self._store = store
+        self._session_id = session_id
+        self._turns: dict[int, int] = {}  # voice turn id -> stored turn id (set by the writes)
+        self._open: set[int] = set()  # turns started and not finished (set by the callers)
+        self._queue: asyncio.Queue[Write | None] = asyncio.Queue()
+        self._worker = asyncio.create_task(self._drain(), name="recorder")
+
+    # ---- called by the session (never blocks) ------------------------------------------
+
+    def turn_started(self, turn_id: int, text: str) -> None:
+        self._open.add(turn_id)
+
+        async def write() -> None:
+            turn, _ = await self._store.begin_turn(
+                self._session_id, f"voice-turn-{turn_id}", user_text=text
+            )
+            self._turns[turn_id] = turn.id
+            await self._store.transition(turn.id, TurnState.PROCESSING)
+
+        self._queue.put_nowait(write)
+
+    def turn_finished(self, turn_id: int, state: TurnState, result: dict[str, Any]) -> None:
+        if turn_id not in self._open:
+            return  # never started (the greeting, a draft): nothing to finish
+        self._open.discard(turn_id)
+
+        async def write() -> None:
+            stored = self._turns.pop(turn_id, None)
+            if stored is not None:
+                await self._store.transition(stored, state, result=result)
+
+        self._queue.put_nowait(write)
+
+    def segment(self, turn_id: int, segment_id: int, text: str) -> None:
+        async def write() -> None:
+            await self._store.add_segment(self._session_id, turn_id, segment_id, text)
+
+        self._queue.put_nowait(write)
+
+    def event(self, stage: str, turn_id: int | None, data: dict[str, Any]) -> None:
+        async def write() -> None:
+            await self._store.add_timeline(self._session_id, stage, turn_seq=turn_id, data=data)
+
+        self._queue.put_nowait(write)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Finish the queued writes (turns still open become cancelled), then stop."""
+        # Tracked by the callers' side: a turn whose start is still queued is closed too.
+        for turn_id in list(self._open):
+            self.turn_finished(turn_id, TurnState.CANCELLED, {"reason": "session closed"})
+        self._queue.put_nowait(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._worker), timeout)
+        except TimeoutError:
+            log.warning("recorder: writes still pending at close were dropped")
+            self._worker.cancel()
+            with contextlib.suppress(BaseException):
+                await self._worker
+
+    async def _drain(self) -> None:
+        while (write := await self._queue.get()) is not None:
+            try:
+                await write()
+            except Exception as exc:  # the conversation goes on; the record says what failed
+                log.warning("recorder: write failed", error=repr(exc))
