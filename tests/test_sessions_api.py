@@ -49,7 +49,7 @@ async def test_create_and_read_a_session(api):
     assert r.status_code == 200
     body = r.json()
     assert body["user_id"] == "alice" and body["consent"] == {"store_transcripts": True}
-    assert body["reconnect_status"] == "connected" and body["turn_state"] is None
+    assert body["reconnect_status"] == "new" and body["turn_state"] is None
 
 
 async def test_refresh_gives_a_new_token_for_the_same_session(api):

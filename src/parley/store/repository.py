@@ -49,7 +49,7 @@ class Store:
             mode=mode,
             started_at=utcnow(),
             orchestration_state={},
-            reconnect_status="connected",
+            reconnect_status="new",
             reconnect_count=0,
             consent=consent or {},
         )
@@ -60,6 +60,39 @@ class Store:
     async def get_session(self, session_id: str) -> SessionRecord | None:
         async with self.db.session() as s:
             return await s.get(SessionRecord, session_id)
+
+    async def mark_connected(self, session_id: str) -> bool:
+        """Record a transport connection; True when it is a reconnect (counted)."""
+        async with self.db.session() as s:
+            record = await s.get(SessionRecord, session_id)
+            if record is None:
+                raise NotFound(f"unknown session {session_id}")
+            reconnect = record.reconnect_status != "new"
+            if reconnect:
+                record.reconnect_count += 1
+            record.reconnect_status = "reconnected" if reconnect else "connected"
+            return reconnect
+
+    async def mark_disconnected(self, session_id: str) -> None:
+        async with self.db.session() as s:
+            record = await s.get(SessionRecord, session_id)
+            if record is not None:
+                record.reconnect_status = "disconnected"
+
+    async def conversation(self, session_id: str) -> tuple[list[tuple[str, str]], int]:
+        """The conversation as stored — (role, text) pairs from the turns, the assistant's
+        side being what was spoken (or, when interrupted, heard) — and the last turn's seq."""
+        messages: list[tuple[str, str]] = []
+        last_seq = 0
+        for turn in await self.turns(session_id):
+            last_seq = max(last_seq, turn.seq)
+            if turn.user_text:
+                messages.append(("user", turn.user_text))
+            result = turn.result or {}
+            said = result.get("spoken") or result.get("heard")
+            if isinstance(said, str) and said:
+                messages.append(("assistant", said))
+        return messages, last_seq
 
     async def delete_session(self, session_id: str) -> bool:
         """Erase the session and everything recorded under it. False if it did not exist."""

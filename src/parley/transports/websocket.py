@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, WebSocket
@@ -39,8 +40,20 @@ async def voice_socket(websocket: WebSocket, token: str | None = None) -> None:
     if session_id is None:
         return
     outbound = OutboundQueue(settings.server.max_outbound_queue)
-    recorder = SessionRecorder(app.state.store, session_id)
+    store = app.state.store
+    started = time.monotonic()
+    reconnect = await store.mark_connected(session_id)
+    recorder = SessionRecorder(store, session_id)
     session = VoiceSession(engines, settings, outbound, session_id=session_id, recorder=recorder)
+    if reconnect:
+        # The conversation comes back from the database, not from the client's memory.
+        messages, last_turn = await store.conversation(session_id)
+        session.restore(messages, last_turn)
+        recovery_ms = round((time.monotonic() - started) * 1000, 1)
+        recorder.event(
+            "session.reconnected", None, {"recovery_ms": recovery_ms, "messages": len(messages)}
+        )
+        log.info("session resumed", messages=len(messages), recovery_ms=recovery_ms)
     sessions: dict[int, VoiceSession] = app.state.sessions
     connection = id(session)
     sessions[connection] = session
@@ -55,6 +68,8 @@ async def voice_socket(websocket: WebSocket, token: str | None = None) -> None:
     finally:
         sessions.pop(connection, None)
         await session.close()
+        with contextlib.suppress(Exception):
+            await store.mark_disconnected(session_id)
         sender.cancel()
         with contextlib.suppress(BaseException):
             await sender

@@ -122,19 +122,39 @@ class VoiceSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._muted = False
         self._closed = False
+        self._restored = False
         self._audio_task: asyncio.Task[None] | None = None
 
     # ---- the transport's side -------------------------------------------------------------
 
+    def restore(self, messages: list[tuple[str, str]], last_turn_id: int) -> None:
+        """Resume a conversation from the server's record (a reconnect): its history, and
+        turn ids that continue after the stored ones. No greeting is spoken then."""
+        for role, text in messages:
+            if role == "user":
+                self.history.add_user(text)
+            else:
+                self.history.add_assistant(text)
+        self._turn_count = last_turn_id
+        self._restored = True
+
     async def start(self) -> None:
         bind_session(self.session_id)
         self.sink.send_event(
-            event("session.started", session_id=self.session_id, sample_rate=16_000, frame_ms=20)
+            event(
+                "session.started",
+                session_id=self.session_id,
+                sample_rate=16_000,
+                frame_ms=20,
+                resumed=self._restored,
+                turns=self._turn_count,
+            )
         )
         self._send_state("listening")
         self._audio_task = asyncio.create_task(self._audio_loop(), name="audio-in")
-        if self.settings.agent.greeting:
+        if self.settings.agent.greeting and not self._restored:
             self._start_reply(0, None, script=self.settings.agent.greeting, confirmed=True)
+        self._prefill_next_turn()
 
     def push_audio(self, pcm: bytes) -> None:
         """Queue inbound PCM16LE 16 kHz mono (any length, even byte count)."""
