@@ -10,7 +10,7 @@ from schemathesis.checks import not_a_server_error
 
 pytestmark = pytest.mark.e2e
 
-EXAMPLES_PER_OPERATION = 20
+EXAMPLES_PER_OPERATION = 15
 
 
 @pytest.mark.parametrize("authorized", [False, True], ids=["as-generated", "with-valid-token"])

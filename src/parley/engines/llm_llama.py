@@ -135,6 +135,29 @@ class LlamaLLM:
             if not job.done():
                 job.add_done_callback(lambda j: j.exception() if not j.cancelled() else None)
 
+    async def complete_json(
+        self, messages: Sequence[ChatMessage], schema: dict[str, object]
+    ) -> str:
+        """A whole (non-streamed) reply constrained by a grammar to JSON of ``schema``."""
+
+        def work() -> str:
+            result: Any = self._llm.create_chat_completion(
+                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+                response_format={"type": "json_object", "schema": schema},
+                max_tokens=max(self._settings.max_tokens, 160),
+                temperature=self._settings.temperature,
+            )
+            return str(result["choices"][0]["message"]["content"] or "")
+
+        try:
+            return await asyncio.wait_for(self._lane.run(work), self._settings.timeout)
+        except TimeoutError as exc:
+            raise EngineError(f"no reply within {self._settings.timeout:.0f} s") from exc
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"generation failed: {exc}") from exc
+
     def close(self) -> None:
         self._lane.shutdown()
 

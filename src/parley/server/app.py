@@ -13,8 +13,10 @@ from fastapi import FastAPI
 from parley import __version__
 from parley.config import Settings, load_settings
 from parley.engines import Engines, load_engines
+from parley.orchestration import Orchestrator
 from parley.server.sessions_api import router as sessions_router
 from parley.server.tokens import TokenIssuer
+from parley.server.turns_api import router as turns_router
 from parley.store import Database, Store
 from parley.telemetry import get_logger
 from parley.transports.websocket import router as websocket_router
@@ -53,6 +55,12 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         retention = asyncio.create_task(_enforce_retention(app.state.store, settings))
         owned = engines is None
         app.state.engines = engines if engines is not None else await load_engines(settings)
+        # The orchestration endpoint needs an LLM that can give structured (JSON) replies.
+        llm = getattr(app.state.engines, "llm", None)
+        structured = llm if hasattr(llm, "complete_json") else None
+        app.state.orchestrator = (
+            Orchestrator(structured, settings.agent.system_prompt) if structured else None
+        )
         try:
             yield
         finally:
@@ -69,6 +77,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         secret.get_secret_value() if secret else None, settings.server.token_ttl_secs
     )
     app.include_router(sessions_router)
+    app.include_router(turns_router)
     app.include_router(websocket_router)
 
     @app.get("/health")

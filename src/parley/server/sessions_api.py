@@ -67,7 +67,7 @@ def _bearer(authorization: str | None) -> str | None:
     return None
 
 
-def _authorize(request: Request, session_id: str, authorization: str | None) -> SessionToken:
+def authorize(request: Request, session_id: str, authorization: str | None) -> SessionToken:
     issuer: TokenIssuer = request.app.state.tokens
     try:
         return issuer.verify(_bearer(authorization), session_id)
@@ -97,7 +97,7 @@ async def create_session(body: CreateSession, request: Request) -> TokenOut:
 async def get_session(
     session_id: str, request: Request, authorization: str | None = Header(default=None)
 ) -> SessionOut:
-    _authorize(request, session_id, authorization)
+    authorize(request, session_id, authorization)
     store: Store = request.app.state.store
     record = await store.get_session(session_id)
     if record is None:
@@ -121,7 +121,7 @@ async def refresh_token(
     authorization: str | None = Header(default=None),
 ) -> TokenOut:
     """A fresh token for the session, for a role the caller's token may mint."""
-    caller = _authorize(request, session_id, authorization)
+    caller = authorize(request, session_id, authorization)
     if body.role not in MAY_MINT[caller.role]:
         raise HTTPException(403, f"a {caller.role} token cannot mint a {body.role} token")
     store: Store = request.app.state.store
@@ -144,7 +144,7 @@ async def delete_session(
     session_id: str, request: Request, authorization: str | None = Header(default=None)
 ) -> Response:
     """Erase the session: its record, turns, transcripts, tool executions and timeline."""
-    _authorize(request, session_id, authorization)
+    authorize(request, session_id, authorization)
     store: Store = request.app.state.store
     if not await store.delete_session(session_id):
         raise HTTPException(404, f"unknown session {session_id}")
@@ -163,7 +163,7 @@ async def session_timeline(
 ) -> dict[str, Any]:
     """The session's persisted record: turns with every state transition, final
     transcript segments and timeline events (no audio)."""
-    _authorize(request, session_id, authorization)
+    authorize(request, session_id, authorization)
     store: Store = request.app.state.store
     if await store.get_session(session_id) is None:
         raise HTTPException(404, f"unknown session {session_id}")

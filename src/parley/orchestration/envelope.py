@@ -1,0 +1,126 @@
+"""The action envelope: everything one agent turn decides, as a strict schema.
+
+It is shared by the HTTP orchestration endpoint and (next) the voice loop: spoken text,
+tool calls, state updates, UI directives, follow-up prompts, a confirmation request and
+an escalation signal. Model output that does not fit is never passed on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=128)
+    arguments: dict[str, Any] = Field(default_factory=dict)
+
+
+class UIDirective(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(min_length=1, max_length=64)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class ActionEnvelope(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spoken_text: str = Field(min_length=1, max_length=2000)
+    tool_calls: list[ToolCall] = Field(default_factory=list, max_length=8)
+    state_updates: dict[str, Any] = Field(default_factory=dict)
+    ui_directives: list[UIDirective] = Field(default_factory=list, max_length=8)
+    follow_up_prompts: list[str] = Field(default_factory=list, max_length=4)
+    confirmation_request: str | None = None
+    escalate: bool = False
+    escalation_reason: str | None = None
+
+
+# What the model is asked to write (and, with llama.cpp, constrained to by a grammar):
+# the envelope's fields that a small model can fill sensibly.
+MODEL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "spoken_text": {"type": "string"},
+        "follow_up_prompts": {"type": "array", "items": {"type": "string"}},
+        "escalate": {"type": "boolean"},
+    },
+    "required": ["spoken_text", "escalate"],
+}
+
+MODEL_INSTRUCTIONS = (
+    "Reply only with a JSON object: spoken_text (what you say, one or two short "
+    "sentences), follow_up_prompts (optional list of short suggestions) and escalate "
+    "(true only if the user asks for a human)."
+)
+
+
+class EnvelopeError(ValueError):
+    """Model output that is not a valid action envelope, even after repair."""
+
+
+_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+
+
+FALLBACK = ActionEnvelope(
+    spoken_text="Sorry, I didn't get that. Could you say it again?",
+)
+"""What is said when the model gives no valid envelope: never its malformed output."""
+
+
+def close_truncated(text: str) -> str:
+    """Close the strings, arrays and objects left open by output cut off mid-way (the
+    model ran out of tokens): the words written so far are kept, nothing is invented."""
+    stack: list[str] = []
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]" and stack:
+            stack.pop()
+    tail = ('\\"' if escaped else "") if in_string else ""
+    closed = text + tail + ('"' if in_string else "")
+    return closed.rstrip().rstrip(",") + "".join(reversed(stack))
+
+
+def parse_envelope(raw: str) -> ActionEnvelope:
+    """Validate model output; repair what is safely repairable (surrounding prose or code
+    fences, trailing commas, output cut off mid-way), reject everything else with the
+    reason."""
+    candidates = [raw]
+    match = _OBJECT.search(raw)
+    if match and match.group(0) != raw:
+        candidates.append(match.group(0))
+    start = raw.find("{")
+    if start >= 0:
+        candidates.append(close_truncated(raw[start:]))
+    candidates += [_TRAILING_COMMA.sub(r"\1", c) for c in list(candidates)]
+    last_error = "no JSON object in the output"
+    for text in candidates:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            last_error = f"invalid JSON: {exc.msg}"
+            continue
+        if isinstance(data, dict) and isinstance(data.get("spoken_text"), str):
+            data["spoken_text"] = data["spoken_text"].strip()
+        try:
+            return ActionEnvelope.model_validate(data)
+        except ValidationError as exc:
+            last_error = (
+                f"does not fit the envelope: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
+            )
+    raise EnvelopeError(last_error)
