@@ -139,3 +139,25 @@ async def test_retention_purges_old_transcripts(store: Store):
     assert await store.purge_transcripts_before(future - timedelta(days=30)) == 0
     assert await store.purge_transcripts_before(future) == 1
     assert not await store.segments(session.id)
+
+
+async def test_stored_transcripts_can_be_redacted(tmp_path):
+    from parley.telemetry import Redactor
+
+    db = Database(f"sqlite:///{tmp_path / 'r.db'}")
+    await db.migrate()
+    store = Store(db, redact=Redactor())
+    session = await store.create_session()
+    turn, _ = await store.begin_turn(session.id, "k", user_text="mail me at bob@example.com")
+    await store.add_segment(session.id, 1, 1, "card 4111 1111 1111 1111 please")
+    await store.transition(turn.id, TurnState.PROCESSING)
+    await store.transition(
+        turn.id, TurnState.COMPLETED, result={"spoken": "I'll mail bob@example.com"}
+    )
+    (stored,) = await store.turns(session.id)
+    assert stored.user_text == "mail me at [REDACTED:email]"
+    assert stored.result == {"spoken": "I'll mail [REDACTED:email]"}
+    assert [s.text for s in await store.segments(session.id)] == ["card [REDACTED:card] please"]
+    # The same request retried still matches its stored (redacted) form.
+    assert store.stored_text("mail me at bob@example.com") == stored.user_text
+    await db.close()

@@ -55,6 +55,8 @@ class ServerSettings(BaseModel):
     """Overrides DATABASE_URL; default: SQLite file ./parley.db."""
     transcript_retention_days: float | None = Field(default=30.0, gt=0)
     """Transcripts older than this are purged (at start-up, then hourly); None keeps them."""
+    redact_stored_transcripts: bool = False
+    """Apply the ``log_redact`` patterns to transcripts and replies before storing them."""
 
 
 class VADSettings(BaseModel):

@@ -18,7 +18,7 @@ from parley.server.sessions_api import router as sessions_router
 from parley.server.tokens import TokenIssuer
 from parley.server.turns_api import router as turns_router
 from parley.store import Database, Store
-from parley.telemetry import get_logger
+from parley.telemetry import Redactor, get_logger
 from parley.transports.websocket import router as websocket_router
 
 log = get_logger(__name__)
@@ -51,7 +51,10 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         database = Database(settings.server.database_url)
         await database.migrate()
-        app.state.store = Store(database)
+        redact = (
+            Redactor(settings.log_redact) if settings.server.redact_stored_transcripts else None
+        )
+        app.state.store = Store(database, redact=redact)
         retention = asyncio.create_task(_enforce_retention(app.state.store, settings))
         owned = engines is None
         app.state.engines = engines if engines is not None else await load_engines(settings)

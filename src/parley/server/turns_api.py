@@ -98,7 +98,7 @@ async def _replay(store: Store, session_id: str, body: TurnRequest) -> TurnRespo
         turn = await store.find_turn(session_id, body.idempotency_key)
         if turn is None:  # deleted meanwhile
             raise HTTPException(404, f"unknown session {session_id}")
-        if turn.user_text != body.text:
+        if turn.user_text != store.stored_text(body.text):
             raise HTTPException(409, "this idempotency key was used for a different request")
         if turn.state in FINISHED and turn.result and "envelope" in turn.result:
             return TurnResponse(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,8 +28,25 @@ class NotFound(LookupError):
 
 
 class Store:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, redact: Callable[[str], str] | None = None) -> None:
         self.db = db
+        self._redact = redact
+
+    def stored_text(self, text: str) -> str:
+        """``text`` as the store keeps it (redacted when configured)."""
+        return self._redact(text) if self._redact is not None else text
+
+    def _stored_result(self, result: dict[str, Any]) -> dict[str, Any]:
+        if self._redact is None:
+            return result
+        out = dict(result)
+        for key in ("spoken", "heard"):
+            if isinstance(out.get(key), str):
+                out[key] = self._redact(out[key])
+        envelope = out.get("envelope")
+        if isinstance(envelope, dict) and isinstance(envelope.get("spoken_text"), str):
+            out["envelope"] = {**envelope, "spoken_text": self._redact(envelope["spoken_text"])}
+        return out
 
     # ---- sessions ---------------------------------------------------------------------------
 
@@ -134,7 +151,7 @@ class Store:
                     seq=int(seq or 0) + 1,
                     idempotency_key=idempotency_key,
                     state=TurnState.RECEIVED.value,
-                    user_text=user_text,
+                    user_text=None if user_text is None else self.stored_text(user_text),
                     created_at=now,
                     updated_at=now,
                 )
@@ -180,7 +197,7 @@ class Store:
             turn.state = new_state.value
             turn.updated_at = now
             if result is not None:
-                turn.result = result
+                turn.result = self._stored_result(result)
             s.add(
                 TurnTransition(
                     turn_id=turn.id,
@@ -228,6 +245,7 @@ class Store:
                     TranscriptSegment.segment_id == segment_id,
                 )
             )
+            text = self.stored_text(text)
             if existing is not None and revised:
                 existing.text = text
                 existing.kind = "revised"
