@@ -147,3 +147,38 @@ async def test_retention_purges_old_transcripts_at_start_up(tmp_path):
                 break
             await asyncio.sleep(0.05)
         assert [s.text for s in await store.segments(session.id)] == ["fresh words"]
+
+
+async def test_livekit_tokens_are_scoped_to_the_room_identity_and_role(tmp_path):
+    lk_secret = "livekit-secret-0123456789abcdef0123456789"
+    settings = Settings(
+        server={"database_url": f"sqlite:///{tmp_path / 'lk.db'}", "token_secret": SECRET},
+        livekit={"url": "wss://livekit.example", "api_key": "APIkey", "api_secret": lk_secret},
+    )
+    app = create_app(settings, engines=object())  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://parley") as client:
+            created = (await client.post("/v1/sessions", json={"user_id": "alice"})).json()
+            assert created["livekit_url"] == "wss://livekit.example"
+            user = jwt.decode(created["livekit_token"], lk_secret, algorithms=["HS256"])
+            assert user["sub"] == "alice" and user["iss"] == "APIkey"
+            assert user["video"]["room"] == created["room_id"] and user["video"]["roomJoin"]
+            assert user["video"]["canPublish"] and not user["video"].get("hidden", False)
+            assert 590 <= user["exp"] - time.time() <= 600
+
+            # A refreshed token comes with a fresh LiveKit token for the same identity.
+            fresh = await client.post(
+                f"/v1/sessions/{created['session_id']}/tokens",
+                json={"role": "user"},
+                headers=bearer(created["token"]),
+            )
+            assert fresh.status_code == 201
+            again = jwt.decode(fresh.json()["livekit_token"], lk_secret, algorithms=["HS256"])
+            assert again["sub"] == "alice" and again["video"]["room"] == created["room_id"]
+    # A supervisor's LiveKit grants: listen hidden, never publish audio.
+    from parley.server.livekit_tokens import grants_for
+
+    grants = grants_for("supervisor", "room-x")
+    assert grants.hidden and not grants.can_publish and grants.can_subscribe
+    assert grants_for("agent", "room-x").agent

@@ -59,6 +59,18 @@ class ServerSettings(BaseModel):
     """Apply the ``log_redact`` patterns to transcripts and replies before storing them."""
 
 
+class LiveKitSettings(BaseModel):
+    """When all three are set, sessions also get LiveKit access tokens for their room."""
+
+    url: str | None = None
+    api_key: str | None = None
+    api_secret: SecretStr | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url and self.api_key and self.api_secret)
+
+
 class VADSettings(BaseModel):
     threshold: float = Field(default=0.5, gt=0, lt=1)
     start_secs: float = Field(default=0.064, ge=0)
@@ -156,6 +168,7 @@ class Settings(BaseSettings):
 
     agent: AgentSettings = AgentSettings()
     server: ServerSettings = ServerSettings()
+    livekit: LiveKitSettings = LiveKitSettings()
     vad: VADSettings = VADSettings()
     turn: TurnSettings = TurnSettings()
     interruption: InterruptionSettings = InterruptionSettings()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
 from pydantic import BaseModel, Field
 
+from parley.server.livekit_tokens import mint_livekit_token
 from parley.server.tokens import MAY_MINT, SessionToken, TokenError, TokenIssuer
 from parley.store import Store
 
@@ -34,6 +36,9 @@ class TokenOut(BaseModel):
     """Unix time."""
     websocket_url: str
     """Path of the voice WebSocket for this token (relative to the server)."""
+    livekit_url: str | None = None
+    livekit_token: str | None = None
+    """A LiveKit access token for this session's room (when LiveKit is configured)."""
 
 
 class SessionOut(BaseModel):
@@ -50,8 +55,8 @@ class SessionOut(BaseModel):
     consent: dict[str, Any]
 
 
-def _token_out(t: SessionToken) -> TokenOut:
-    return TokenOut(
+def _token_out(request: Request, t: SessionToken, identity: str) -> TokenOut:
+    out = TokenOut(
         session_id=t.session_id,
         room_id=t.room_id,
         role=t.role,
@@ -59,6 +64,17 @@ def _token_out(t: SessionToken) -> TokenOut:
         expires_at=t.expires_at,
         websocket_url=f"/v1/ws?token={t.token}",
     )
+    livekit = request.app.state.settings.livekit
+    if livekit.configured:
+        out.livekit_url = livekit.url
+        out.livekit_token = mint_livekit_token(
+            livekit,
+            room=t.room_id,
+            identity=identity,
+            role=t.role,
+            ttl_secs=max(1, t.expires_at - int(time.time())),
+        )
+    return out
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -83,7 +99,8 @@ async def create_session(body: CreateSession, request: Request) -> TokenOut:
         user_id=body.user_id, mode=body.mode, consent=dict(body.consent)
     )
     issuer: TokenIssuer = request.app.state.tokens
-    return _token_out(issuer.mint(record.id, record.room_id, "user"))
+    identity = body.user_id or f"user-{record.id}"
+    return _token_out(request, issuer.mint(record.id, record.room_id, "user"), identity)
 
 
 @router.get(
@@ -129,7 +146,12 @@ async def refresh_token(
     if record is None:
         raise HTTPException(404, f"unknown session {session_id}")
     issuer: TokenIssuer = request.app.state.tokens
-    return _token_out(issuer.mint(record.id, record.room_id, body.role))
+    identity = (
+        (record.user_id or f"user-{record.id}")
+        if body.role == "user"
+        else f"{body.role}-{record.id}"
+    )
+    return _token_out(request, issuer.mint(record.id, record.room_id, body.role), identity)
 
 
 @router.delete(
