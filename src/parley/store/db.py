@@ -76,8 +76,11 @@ def _upgrade(connection: Any) -> None:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # Foreign keys (for ON DELETE CASCADE) are off in SQLite unless asked for per connection;
-    # WAL lets readers work while a turn is being written.
+    # WAL lets readers work while a turn is being written; with WAL, synchronous=NORMAL
+    # keeps every commit across a process crash (only a power cut can lose the last ones)
+    # and spares an fsync per write in the middle of a conversation.
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
