@@ -15,6 +15,12 @@ from parley.store import Store
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
+# What every session-scoped endpoint may answer before it does anything.
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing, malformed, forged or expired token"},
+    403: {"description": "token for another session, or a role without the right"},
+}
+
 
 class CreateSession(BaseModel):
     user_id: str | None = Field(default=None, max_length=255)
@@ -106,10 +112,7 @@ async def create_session(body: CreateSession, request: Request) -> TokenOut:
 @router.get(
     "/{session_id}",
     response_model=SessionOut,
-    responses={
-        401: {"description": "no valid token"},
-        403: {"description": "token for another session"},
-    },
+    responses=AUTH_RESPONSES,
 )
 async def get_session(
     session_id: str, request: Request, authorization: str | None = Header(default=None)
@@ -126,10 +129,7 @@ async def get_session(
     "/{session_id}/tokens",
     status_code=201,
     response_model=TokenOut,
-    responses={
-        401: {"description": "no valid token"},
-        403: {"description": "wrong session or role"},
-    },
+    responses=AUTH_RESPONSES,
 )
 async def refresh_token(
     session_id: str,
@@ -157,10 +157,7 @@ async def refresh_token(
 @router.delete(
     "/{session_id}",
     status_code=204,
-    responses={
-        401: {"description": "no valid token"},
-        403: {"description": "token for another session"},
-    },
+    responses=AUTH_RESPONSES,
 )
 async def delete_session(
     session_id: str, request: Request, authorization: str | None = Header(default=None)
@@ -175,10 +172,7 @@ async def delete_session(
 
 @router.get(
     "/{session_id}/timeline",
-    responses={
-        401: {"description": "no valid token"},
-        403: {"description": "token for another session"},
-    },
+    responses=AUTH_RESPONSES,
 )
 async def session_timeline(
     session_id: str, request: Request, authorization: str | None = Header(default=None)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from parley.orchestration import ActionEnvelope, OrchestrationError, Orchestrator
 from parley.orchestration.envelope import FALLBACK
-from parley.server.sessions_api import authorize
+from parley.server.sessions_api import AUTH_RESPONSES, authorize
 from parley.store import Store, TurnState
 
 router = APIRouter(prefix="/v1/sessions", tags=["turns"])
@@ -43,8 +43,7 @@ class TurnResponse(BaseModel):
     "/{session_id}/turns",
     response_model=TurnResponse,
     responses={
-        401: {"description": "no valid token"},
-        403: {"description": "token for another session"},
+        **AUTH_RESPONSES,
         404: {"description": "unknown session"},
         409: {"description": "key reused for another request, or the turn is still running"},
     },
