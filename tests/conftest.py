@@ -4,12 +4,16 @@ full-window Whisper to check what the agent said."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import text
 
+from parley.store import Database, Store
 from parley.testing import ServerProcess, caller_speech
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,3 +67,32 @@ def whisper_checker():  # type: ignore[no-untyped-def]
     stt = WhisperSTT(STTSettings(min_window_secs=30, cpu_threads=1))
     yield stt
     stt.close()
+
+
+POSTGRES_ADMIN = os.environ.get(
+    "PARLEY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres:postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request, tmp_path) -> AsyncIterator[Store]:
+    """A migrated, empty database of each kind; PostgreSQL gets a throwaway database."""
+    if request.param == "sqlite":
+        db = Database(f"sqlite:///{tmp_path / 'parley.db'}")
+        await db.migrate()
+        yield Store(db)
+        await db.close()
+        return
+    name = f"parley_test_{uuid.uuid4().hex[:12]}"
+    admin = Database(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    async with admin.engine.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    db = Database(POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+    try:
+        await db.migrate()
+        yield Store(db)
+    finally:
+        await db.close()
+        async with admin.engine.connect() as conn:
+            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.close()

@@ -4,44 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import text
 
 from parley.store import Database, Store, TurnState, TurnTransitionError, database_url
 from parley.store.repository import NotFound
-
-POSTGRES_ADMIN = os.environ.get(
-    "PARLEY_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres:postgres@127.0.0.1:5432/postgres"
-)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def store(request, tmp_path) -> AsyncIterator[Store]:
-    """A migrated, empty database of each kind; PostgreSQL gets a throwaway database."""
-    if request.param == "sqlite":
-        db = Database(f"sqlite:///{tmp_path / 'parley.db'}")
-        await db.migrate()
-        yield Store(db)
-        await db.close()
-        return
-    name = f"parley_test_{uuid.uuid4().hex[:12]}"
-    admin = Database(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    async with admin.engine.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db = Database(POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}")
-    try:
-        await db.migrate()
-        yield Store(db)
-    finally:
-        await db.close()
-        async with admin.engine.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.close()
 
 
 def test_database_url_normalises_provider_urls(monkeypatch):

@@ -231,6 +231,48 @@ class Store:
         if record is not None:
             record.turn_state = state
 
+    # ---- tool ledger ------------------------------------------------------------------------
+
+    async def claim_tool(
+        self, turn_id: int, call_id: str, tool: str, arguments: dict[str, Any]
+    ) -> tuple[ToolExecution, bool]:
+        """Record that (turn, call) is about to run; ``created`` False when it was claimed
+        before (by this or another process): the unique constraint decides races."""
+        try:
+            async with self.db.session() as s:
+                execution = ToolExecution(
+                    turn_id=turn_id,
+                    call_id=call_id,
+                    tool=tool,
+                    arguments=arguments,
+                    status="running",
+                    started_at=utcnow(),
+                )
+                s.add(execution)
+            return execution, True
+        except IntegrityError:
+            existing = await self.tool_execution(turn_id, call_id)
+            if existing is None:
+                raise
+            return existing, False
+
+    async def finish_tool(self, execution_id: int, status: str, result: dict[str, Any]) -> None:
+        async with self.db.session() as s:
+            execution = await s.get(ToolExecution, execution_id)
+            if execution is None:
+                raise NotFound(f"unknown tool execution {execution_id}")
+            execution.status = status
+            execution.result = result
+            execution.finished_at = utcnow()
+
+    async def tool_execution(self, turn_id: int, call_id: str) -> ToolExecution | None:
+        async with self.db.session() as s:
+            return await s.scalar(
+                select(ToolExecution).where(
+                    ToolExecution.turn_id == turn_id, ToolExecution.call_id == call_id
+                )
+            )
+
     # ---- transcripts and timeline -----------------------------------------------------------
 
     async def add_segment(

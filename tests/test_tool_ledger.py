@@ -1,0 +1,143 @@
+"""The tool ledger on both store backends: one invocation per (turn, call id), whatever
+the retries, the concurrency or a run that died half-way."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import pytest
+
+from parley.orchestration.envelope import ToolCall
+from parley.orchestration.ledger import ToolLedger
+from parley.orchestration.tools import ToolRegistry
+from parley.store import Store
+
+BOOKING = {
+    "type": "object",
+    "properties": {"party": {"type": "integer", "minimum": 1}, "time": {"type": "string"}},
+    "required": ["party", "time"],
+    "additionalProperties": False,
+}
+
+
+def booking_registry(
+    calls: list[tuple[dict[str, Any], str]], *, fail: bool = False
+) -> ToolRegistry:
+    registry = ToolRegistry()
+
+    @registry.tool(BOOKING, description="Book a table.")
+    async def book_table(arguments: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        calls.append((arguments, idempotency_key))
+        await asyncio.sleep(0.05)  # long enough for concurrent retries to pile up
+        if fail:
+            raise RuntimeError("restaurant system down")
+        return {"confirmation": f"T-{len(calls)}"}
+
+    return registry
+
+
+async def a_turn(store: Store) -> int:
+    session = await store.create_session()
+    turn, _ = await store.begin_turn(session.id, "k")
+    return turn.id
+
+
+async def test_concurrent_retries_invoke_a_side_effect_once(store: Store):
+    calls: list[tuple[dict[str, Any], str]] = []
+    ledger = ToolLedger(store, booking_registry(calls))
+    turn_id = await a_turn(store)
+    call = ToolCall(id="call-1", name="book_table", arguments={"party": 2, "time": "19:00"})
+    outcomes = await asyncio.gather(*(ledger.run(turn_id, call) for _ in range(20)))
+    assert len(calls) == 1 and calls[0][1] == f"{turn_id}:call-1"
+    assert {o.status for o in outcomes} == {"succeeded"}
+    assert {json.dumps(o.result) for o in outcomes} == {'{"confirmation": "T-1"}'}
+    assert sum(not o.replayed for o in outcomes) == 1
+    # Another call id in the same turn is another booking.
+    other = await ledger.run(
+        turn_id, ToolCall(id="call-2", name="book_table", arguments=call.arguments)
+    )
+    assert other.status == "succeeded" and len(calls) == 2
+
+
+async def test_a_failed_tool_is_recorded_and_not_run_again(store: Store):
+    calls: list[tuple[dict[str, Any], str]] = []
+    ledger = ToolLedger(store, booking_registry(calls, fail=True))
+    turn_id = await a_turn(store)
+    call = ToolCall(id="c", name="book_table", arguments={"party": 4, "time": "20:00"})
+    first = await ledger.run(turn_id, call)
+    again = await ledger.run(turn_id, call)
+    assert (
+        first.status == again.status == "failed"
+        and "restaurant system down" in first.result["error"]
+    )
+    assert again.replayed and len(calls) == 1
+
+
+async def test_unknown_tools_and_bad_arguments_are_rejected(store: Store):
+    calls: list[tuple[dict[str, Any], str]] = []
+    ledger = ToolLedger(store, booking_registry(calls))
+    turn_id = await a_turn(store)
+    unknown = await ledger.run(turn_id, ToolCall(id="u", name="launch", arguments={}))
+    assert unknown.status == "rejected" and "unknown tool" in unknown.result["error"]
+    bad = await ledger.run(turn_id, ToolCall(id="b", name="book_table", arguments={"party": 0}))
+    assert bad.status == "rejected" and "book_table" in bad.result["error"]
+    assert calls == []
+    stored = await store.tool_execution(turn_id, "b")
+    assert stored is not None and stored.status == "rejected"
+
+
+async def test_a_call_whose_run_died_is_never_run_again(store: Store):
+    """A process that claimed the call and died before recording the outcome leaves it
+    running; a retry reports the outcome unknown instead of booking twice."""
+    calls: list[tuple[dict[str, Any], str]] = []
+    ledger = ToolLedger(store, booking_registry(calls), wait_secs=0.3)
+    turn_id = await a_turn(store)
+    await store.claim_tool(turn_id, "c", "book_table", {"party": 2, "time": "19:00"})
+    outcome = await ledger.run(
+        turn_id, ToolCall(id="c", name="book_table", arguments={"party": 2, "time": "19:00"})
+    )
+    assert outcome.status == "unknown" and outcome.replayed and calls == []
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    seen: ClassVar[list[tuple[str, dict[str, Any]]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.seen.append((self.headers["Idempotency-Key"], body))
+        payload = json.dumps({"booked": True}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    _Recorder.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/book", _Recorder.seen
+    server.shutdown()
+
+
+async def test_webhook_tool_is_called_once_with_the_idempotency_key(store: Store, webhook_server):
+    url, seen = webhook_server
+    registry = ToolRegistry()
+    registry.webhook("book_table", url, BOOKING, description="Book via the restaurant's API.")
+    ledger = ToolLedger(store, registry)
+    turn_id = await a_turn(store)
+    call = ToolCall(id="w1", name="book_table", arguments={"party": 3, "time": "18:30"})
+    outcomes = [await ledger.run(turn_id, call) for _ in range(3)]
+    assert [o.status for o in outcomes] == ["succeeded"] * 3
+    assert outcomes[0].result == {"booked": True}
+    assert seen == [(f"{turn_id}:w1", {"tool": "book_table", "arguments": call.arguments})]
