@@ -95,3 +95,17 @@ def test_whisper_reads_speech_longer_than_its_window():
     finally:
         stt.close()
     assert "morning" in text and "goodbye" in text, text
+
+
+async def test_a_stuck_inference_call_times_out_for_its_caller():
+    import time as _time
+
+    from parley.engines.lanes import InferenceLane
+
+    lane = InferenceLane("test", 1, timeout=0.1)
+    try:
+        with pytest.raises(TimeoutError):
+            await lane.run(_time.sleep, 0.5)
+        assert lane.pending == 0
+    finally:
+        lane.shutdown()

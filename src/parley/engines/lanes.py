@@ -3,24 +3,41 @@
 Each engine owns one lane. A lane is a small thread pool whose size is the engine's
 concurrency limit, so sessions queue for a model instead of thrashing two cores, and
 one slow model never stalls another session's audio.
+
+A call that outlives the lane's ``timeout`` raises TimeoutError to its caller (the thread
+itself cannot be stopped and is logged as stuck); one slower than ``slow_secs`` is logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from parley.telemetry import get_logger
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
+log = get_logger(__name__)
+
 
 class InferenceLane:
-    def __init__(self, name: str, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        concurrency: int = 1,
+        *,
+        timeout: float | None = None,
+        slow_secs: float = 2.0,
+    ) -> None:
         self.name = name
         self.concurrency = concurrency
+        self.timeout = timeout
+        self.slow_secs = slow_secs
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=name)
         self._pending = 0
 
@@ -32,12 +49,21 @@ class InferenceLane:
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         self._pending += 1
+        started = time.monotonic()
+        future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
         try:
-            return await loop.run_in_executor(
-                self._executor, functools.partial(fn, *args, **kwargs)
-            )
+            if self.timeout is None:
+                return await future
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+            except TimeoutError:
+                log.error("inference call stuck", lane=self.name, seconds=self.timeout)
+                raise
         finally:
             self._pending -= 1
+            elapsed = time.monotonic() - started
+            if elapsed > self.slow_secs:
+                log.warning("slow inference call", lane=self.name, seconds=round(elapsed, 2))
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -54,7 +54,7 @@ class LlamaLLM:
         )
         self._llm.set_cache(LlamaRAMCache(capacity_bytes=256 << 20))
         self.device = "cuda" if use_gpu else "cpu"
-        self._lane = InferenceLane("llm", 1)
+        self._lane = InferenceLane("llm", 1, slow_secs=30.0)
         self._prefix_formatter = _prefix_formatter(self._llm)
 
     async def prefill(self, messages: Sequence[ChatMessage]) -> None:

@@ -19,6 +19,7 @@ _NON_SPEECH = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫]")
 
 MAX_FRAMES = 3000  # Whisper's 30 s window, in 10 ms feature frames
 MAX_TOKENS = 200
+STT_TIMEOUT_SECS = 15.0  # a transcription of a voice turn takes well under a second
 
 
 def default_model_path() -> Path:
@@ -68,7 +69,7 @@ class WhisperSTT:
             language=settings.language if multilingual else None,
         )
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
-        self._lane = InferenceLane("stt", 1)
+        self._lane = InferenceLane("stt", 1, timeout=STT_TIMEOUT_SECS)
 
     @property
     def busy(self) -> bool:

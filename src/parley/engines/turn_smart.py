@@ -64,7 +64,7 @@ class SmartTurn:
             sess_options=opts,
             providers=device.onnx_providers(requested_device),
         )
-        self._lane = InferenceLane("eou", 1)
+        self._lane = InferenceLane("eou", 1, timeout=10.0)
 
     def _predict(self, audio: np.ndarray) -> float:
         features = log_mel_features(last_window(audio.astype(np.float32)))

@@ -33,7 +33,7 @@ class SileroVAD:
             providers=["CPUExecutionProvider"],
         )
         # Tiny per-window calls: one thread serves every session without queueing visibly.
-        self._lane = InferenceLane("vad", 1)
+        self._lane = InferenceLane("vad", 1, timeout=10.0, slow_secs=0.5)
 
     def stream(self) -> SileroStream:
         return SileroStream(self)

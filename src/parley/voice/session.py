@@ -152,6 +152,7 @@ class VoiceSession:
         )
         self._send_state("listening")
         self._audio_task = asyncio.create_task(self._audio_loop(), name="audio-in")
+        self._audio_task.add_done_callback(self._audio_loop_ended)
         if self.settings.agent.greeting and not self._restored:
             self._start_reply(0, None, script=self.settings.agent.greeting, confirmed=True)
         self._prefill_next_turn()
@@ -205,6 +206,14 @@ class VoiceSession:
         log.info("session closed", turns=self._turn_count)
 
     # ---- listening --------------------------------------------------------------------------
+
+    def _audio_loop_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._closed:
+            return
+        exc = task.exception()
+        # Without its audio loop the session is deaf: say so loudly, to the log and client.
+        log.error("audio loop failed", error=repr(exc), exc_info=exc)
+        self._send_error("internal_error", f"audio processing stopped: {exc!r}")
 
     async def _audio_loop(self) -> None:
         pending = np.zeros(0, dtype=np.float32)
