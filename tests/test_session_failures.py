@@ -126,3 +126,44 @@ async def test_llm_failure_is_reported_and_the_session_goes_on(
         assert [m.role for m in session.history.messages] == ["user", "user", "assistant"]
     finally:
         await session.close()
+
+
+class SlowSTT:
+    """Transcribes each segment as "part", slowly (longer than the endpointing delay)."""
+
+    busy = False
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        await asyncio.sleep(0.5)
+        return Transcript("part", 500.0)
+
+
+async def test_resuming_speech_while_a_segment_is_transcribed_keeps_the_turn_alive(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Regression: speech resuming while endpointing waited for a transcription used to
+    cancel that transcription with it, and the turn never ended."""
+    from parley.voice.session import VoiceSession
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PARLEY_CONFIG", raising=False)
+    settings = Settings(turn={"preemptive_generation": False, "use_text_hint": False})
+    engines = Engines(
+        stt=SlowSTT(), llm=ScriptedLLM("none"), tts=ToneTTS(), vad=LoudnessVAD(), eou=SureEOU()
+    )
+    sink = Sink()
+    session = VoiceSession(engines, settings, sink)
+    await session.start()
+    speech = (np.sin(np.arange(8_000) / 5) * 20_000).astype("<i2")  # 0.5 s
+    pause = np.zeros(int(0.45 * 16_000), dtype="<i2")  # past stop_secs + min delay
+    tail = np.zeros(32_000, dtype="<i2")
+    try:
+        for chunk in (speech, pause, speech, tail):
+            for i in range(0, chunk.size, 320):
+                session.push_audio(chunk[i : i + 320].tobytes())
+                await asyncio.sleep(0.02)  # real time: the endpointing clock is the wall
+        await wait_for(lambda: sink.of("turn.ended"), timeout=5)
+        (ended,) = sink.of("turn.ended")
+        assert ended["text"] == "part part"
+    finally:
+        await session.close()

@@ -80,6 +80,16 @@ class UserTurn:
     def text(self) -> str:
         return self.text_with()
 
+    async def transcribed(self) -> None:
+        """Wait for every segment's final transcription.
+
+        ``asyncio.wait``, not ``gather``: the endpointing task that waits here is cancelled
+        whenever the user resumes speaking, and gather would cancel the transcriptions with
+        it — the turn would then never end (seen in CI as a session that went deaf).
+        """
+        if self.finals:
+            await asyncio.wait(set(self.finals))
+
     def text_with(self, index: int | None = None, text: str = "") -> str:
         """The turn's transcript, segments in order, optionally with one segment replaced."""
         texts = dict(self.texts)
@@ -387,7 +397,7 @@ class VoiceSession:
         await asyncio.sleep(max(0.0, turn.last_speech_at + cfg.min_endpointing_delay - loop.time()))
         # The transcription first: it is on the path to the reply's first word, and on
         # two cores the end-of-turn model beside it would slow it; this only gates playback.
-        await asyncio.gather(*turn.finals)
+        await turn.transcribed()
         started = time.monotonic()
         turn.marks["eou_started"] = started
         try:
@@ -402,13 +412,13 @@ class VoiceSession:
         turn.eou_probability = probability
         complete = probability >= cfg.eou_threshold
         if cfg.use_text_hint:
-            await asyncio.gather(*turn.finals)
+            await turn.transcribed()
             complete = text_says_complete(turn.text, probability, cfg.eou_threshold)
         if not complete:
             await asyncio.sleep(
                 max(0.0, turn.last_speech_at + cfg.max_endpointing_delay - loop.time())
             )
-        await asyncio.gather(*turn.finals)
+        await turn.transcribed()
         self._endpoint = None
         self._confirm_turn(turn)
 
