@@ -67,9 +67,7 @@ class LlamaLLM:
         """
         if self._prefix_formatter is None or self._lane.pending:
             return
-        prompt = self._prefix_formatter(
-            messages=[{"role": m.role, "content": m.content} for m in messages]
-        ).prompt
+        prompt = self._prefix_formatter(messages=_as_dicts(messages)).prompt
         await self._lane.run(self._llm.create_completion, prompt, max_tokens=1, temperature=0.0)
 
     def _generate(
@@ -104,7 +102,7 @@ class LlamaLLM:
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
         credits = threading.Semaphore(READ_AHEAD)
-        payload = [{"role": m.role, "content": m.content} for m in messages]
+        payload = _as_dicts(messages)
 
         def emit(item: object) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
@@ -142,7 +140,7 @@ class LlamaLLM:
 
         def work() -> str:
             result: Any = self._llm.create_chat_completion(
-                messages=[{"role": m.role, "content": m.content} for m in messages],  # type: ignore[misc]
+                messages=_as_dicts(messages),  # type: ignore[arg-type]
                 response_format={"type": "json_object", "schema": schema},
                 max_tokens=max(self._settings.max_tokens, 160),
                 temperature=self._settings.temperature,
@@ -160,6 +158,10 @@ class LlamaLLM:
 
     def close(self) -> None:
         self._lane.shutdown()
+
+
+def _as_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in messages]
 
 
 def _prefix_formatter(llm: Any) -> Any:

@@ -61,10 +61,10 @@ async def create_turn(
         raise HTTPException(503, "the configured LLM cannot produce structured replies")
     if await store.get_session(session_id) is None:
         raise HTTPException(404, f"unknown session {session_id}")
-    history, _ = await store.conversation(session_id)
     turn, created = await store.begin_turn(session_id, body.idempotency_key, user_text=body.text)
     if not created:
         return await _replay(store, session_id, body)
+    history, _ = await store.conversation(session_id, before_seq=turn.seq)
     await store.transition(turn.id, TurnState.PROCESSING)
     state = TurnState.COMPLETED
     error: str | None = None

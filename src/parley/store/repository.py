@@ -96,12 +96,17 @@ class Store:
             if record is not None:
                 record.reconnect_status = "disconnected"
 
-    async def conversation(self, session_id: str) -> tuple[list[tuple[str, str]], int]:
-        """The conversation as stored — (role, text) pairs from the turns, the assistant's
-        side being what was spoken (or, when interrupted, heard) — and the last turn's seq."""
+    async def conversation(
+        self, session_id: str, *, before_seq: int | None = None
+    ) -> tuple[list[tuple[str, str]], int]:
+        """The conversation as stored — (role, text) pairs from the turns (those before
+        ``before_seq`` if given), the assistant's side being what was spoken (or, when
+        interrupted, heard) — and the last included turn's seq."""
         messages: list[tuple[str, str]] = []
         last_seq = 0
         for turn in await self.turns(session_id):
+            if before_seq is not None and turn.seq >= before_seq:
+                continue
             last_seq = max(last_seq, turn.seq)
             if turn.user_text:
                 messages.append(("user", turn.user_text))

@@ -57,8 +57,6 @@ class Reply:
     """The LLM's text as generated (markdown and all): what the history keeps."""
     first_audio: asyncio.Event = field(default_factory=asyncio.Event)
     started_speaking: bool = False
-    prompt: Sequence[ChatMessage] | None = None
-    """The messages the reply was generated from."""
     user_turn: Any = None
     """The session's record of the user turn this replies to (for metrics)."""
 
@@ -131,12 +129,9 @@ async def run_reply(
                     if reply.metrics.tts_first_audio is None:
                         reply.metrics.tts_first_audio = time.monotonic()
                     parts.append(audio)
-            except BaseException:
-                reply.first_audio.set()  # never leave the LLM waiting on a failed TTS
-                raise
             finally:
+                reply.first_audio.set()  # the LLM may go on, whether this clip worked or not
                 await stream.aclose()  # type: ignore[attr-defined]
-            reply.first_audio.set()
             if parts:
                 clips.put_nowait((text, np.concatenate(parts)))
         reply.first_audio.set()

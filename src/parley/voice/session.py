@@ -410,15 +410,15 @@ class VoiceSession:
         turn.marks["eou_done"] = time.monotonic()
         turn.eou_model_ms = (turn.marks["eou_done"] - started) * 1000
         turn.eou_probability = probability
+        # Every segment is transcribed by now: new segments only come with new speech,
+        # which cancels this task.
         complete = probability >= cfg.eou_threshold
         if cfg.use_text_hint:
-            await turn.transcribed()
             complete = text_says_complete(turn.text, probability, cfg.eou_threshold)
         if not complete:
             await asyncio.sleep(
                 max(0.0, turn.last_speech_at + cfg.max_endpointing_delay - loop.time())
             )
-        await turn.transcribed()
         self._endpoint = None
         self._confirm_turn(turn)
 
@@ -477,7 +477,6 @@ class VoiceSession:
         if confirmed:
             reply.open_gate()
         prompt = None if script is not None else self.history.prompt(pending_user=user_text)
-        reply.prompt = prompt
         self._reply = reply
         reply.task = asyncio.create_task(self._run_reply(reply, prompt, script), name="reply")
         return reply
