@@ -4,9 +4,11 @@ full-window Whisper to check what the agent said."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +76,33 @@ POSTGRES_ADMIN = os.environ.get(
 )
 
 
+async def _create_postgres_database() -> str:
+    name = f"parley_test_{uuid.uuid4().hex[:12]}"
+    admin = Database(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    async with admin.engine.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    await admin.close()
+    return POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def _drop_postgres_database(url: str) -> None:
+    admin = Database(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
+    async with admin.engine.connect() as conn:
+        name = url.rsplit("/", 1)[1]
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    await admin.close()
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database (for tests that run a server process on it)."""
+    url = asyncio.run(_create_postgres_database())
+    try:
+        yield url
+    finally:
+        asyncio.run(_drop_postgres_database(url))
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 async def store(request, tmp_path) -> AsyncIterator[Store]:
     """A migrated, empty database of each kind; PostgreSQL gets a throwaway database."""
@@ -83,16 +112,11 @@ async def store(request, tmp_path) -> AsyncIterator[Store]:
         yield Store(db)
         await db.close()
         return
-    name = f"parley_test_{uuid.uuid4().hex[:12]}"
-    admin = Database(POSTGRES_ADMIN, isolation_level="AUTOCOMMIT")
-    async with admin.engine.connect() as conn:
-        await conn.execute(text(f'CREATE DATABASE "{name}"'))
-    db = Database(POSTGRES_ADMIN.rsplit("/", 1)[0] + f"/{name}")
+    url = await _create_postgres_database()
+    db = Database(url)
     try:
         await db.migrate()
         yield Store(db)
     finally:
         await db.close()
-        async with admin.engine.connect() as conn:
-            await conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        await admin.close()
+        await _drop_postgres_database(url)

@@ -31,7 +31,7 @@ def test_valid_and_repairable_envelopes():
         '{"escalate": false}',
         '{"spoken_text": "", "escalate": false}',
         '{"spoken_text": "Hi", "launch_missiles": true}',
-        '{"spoken_text": "Hi", "tool_calls": [{"name": "x"}]}',
+        '{"spoken_text": "Hi", "tool_calls": [{"name": "x", "arguments": "all"}]}',
         "[1, 2, 3]",
     ],
 )
@@ -140,3 +140,82 @@ async def test_turn_requests_need_a_valid_token_and_body(api):
     assert r.status_code == 401
     r = await client.post(f"/v1/sessions/{sid}/turns", json={"text": ""}, headers=headers)
     assert r.status_code == 422
+
+
+BOOK = '{"spoken_text": "Booked.", "escalate": false, "tool_calls": [%s]}'
+CALL = '{"name": "book_table", "arguments": {"party": 2, "time": "19:00"}}'
+
+
+@pytest.fixture
+async def tool_api(tmp_path) -> AsyncIterator[tuple[httpx.AsyncClient, Any, Any]]:
+    import booking_tools
+
+    booking_tools.BOOKINGS.clear()
+    llm = ScriptedLLM(BOOK % CALL)
+    settings = Settings(
+        server={"database_url": f"sqlite:///{tmp_path / 't.db'}"},
+        agent={"tools_module": "booking_tools:registry"},
+    )
+    app = create_app(settings, engines=SimpleNamespace(llm=llm))  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://parley") as client:
+            yield client, llm, app
+
+
+def test_the_model_schema_offers_only_real_tools_and_calls_get_stable_ids():
+    import booking_tools
+    from parley.orchestration.envelope import model_instructions, model_schema
+
+    schema = model_schema(list(booking_tools.registry))
+    (choice,) = schema["properties"]["tool_calls"]["items"]["anyOf"]
+    assert choice["properties"]["name"] == {"const": "book_table"}
+    assert "book_table" in model_instructions(list(booking_tools.registry))
+    envelope = parse_envelope(BOOK % f"{CALL}, {CALL}")
+    assert [c.id for c in envelope.tool_calls] == ["call_1", "call_2"]
+
+
+async def test_envelope_tool_calls_run_through_the_ledger_once(tool_api):
+    import booking_tools
+
+    client, llm, _ = tool_api
+    sid, headers = await session_headers(client)
+    body = {"text": "A table for two at seven", "idempotency_key": "k-book"}
+    answers = await asyncio.gather(
+        *(client.post(f"/v1/sessions/{sid}/turns", json=body, headers=headers) for _ in range(5))
+    )
+    payloads = [a.json() for a in answers]
+    assert {p["tool_results"][0]["status"] for p in payloads} == {"succeeded"}
+    assert {p["tool_results"][0]["result"]["confirmation"] for p in payloads} == {"T-1"}
+    assert len(booking_tools.BOOKINGS) == 1 and llm.calls == 1
+    assert booking_tools.BOOKINGS[0][1].endswith(":call_1")
+
+
+async def test_a_turn_left_by_a_dead_process_resumes_from_its_checkpoint(tool_api):
+    """As a crashed process leaves it: the envelope checkpointed, call_1 done, call_2
+    cut off mid-call, the lease lapsed. The retry takes over without asking the model
+    again, replays call_1 and settles call_2 as unknown (book_table is not retry-safe)."""
+    import booking_tools
+
+    client, llm, app = tool_api
+    store = app.state.store
+    sid, headers = await session_headers(client)
+    text = "Two tables please"
+    turn, _ = await store.begin_turn(sid, "k-crash", user_text=text)
+    assert await store.claim_turn(turn.id, "dead-process", 30)
+    envelope = parse_envelope(BOOK % f"{CALL}, {CALL}")
+    await store.checkpoint(turn.id, {"envelope": envelope.model_dump()})
+    args = envelope.tool_calls[0].arguments
+    first, _ = await store.claim_tool(turn.id, "call_1", "book_table", args)
+    await store.finish_tool(first.id, "succeeded", {"confirmation": "T-0"})
+    await store.claim_tool(turn.id, "call_2", "book_table", args)
+    await store.renew_lease(turn.id, "dead-process", -1)
+
+    r = await client.post(
+        f"/v1/sessions/{sid}/turns",
+        json={"text": text, "idempotency_key": "k-crash"},
+        headers=headers,
+    )
+    assert r.status_code == 200 and r.json()["state"] == "completed"
+    assert [t["status"] for t in r.json()["tool_results"]] == ["succeeded", "unknown"]
+    assert llm.calls == 0 and booking_tools.BOOKINGS == []

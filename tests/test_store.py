@@ -129,3 +129,34 @@ async def test_stored_transcripts_can_be_redacted(tmp_path):
     # The same request retried still matches its stored (redacted) form.
     assert store.stored_text("mail me at bob@example.com") == stored.user_text
     await db.close()
+
+
+async def test_turn_claims_are_exclusive_and_lapsed_ones_are_taken_over(store: Store):
+    session = await store.create_session()
+    turn, _ = await store.begin_turn(session.id, "k", user_text="Book a table")
+    claims = await asyncio.gather(*(store.claim_turn(turn.id, f"p{i}", 30) for i in range(10)))
+    winners = [c for c in claims if c is not None]
+    assert len(winners) == 1 and winners[0][1] is False  # a fresh claim, not a takeover
+    owner = winners[0][0].owner
+    assert owner is not None and await store.renew_lease(turn.id, owner, 30)
+    assert await store.claim_turn(turn.id, "other", 30) is None  # the lease holds
+    await store.checkpoint(turn.id, {"envelope": {"spoken_text": "Booked."}})
+
+    assert await store.renew_lease(turn.id, owner, -1)  # as if its process died long ago
+    taken = await store.claim_turn(turn.id, "rescuer", 30)
+    assert taken is not None and taken[1] is True and taken[0].owner == "rescuer"
+    assert taken[0].result == {"envelope": {"spoken_text": "Booked."}}
+    assert not await store.renew_lease(turn.id, owner, 30)  # the old owner lost it
+    moves = [(t.from_state, t.to_state, t.detail) for t in await store.transitions(turn.id)]
+    assert moves == [
+        (None, "received", None),
+        ("received", "processing", None),
+        ("processing", "processing", f"taken over from {owner}"),
+    ]
+
+
+async def test_voice_loop_turns_without_a_lease_are_never_taken_over(store: Store):
+    session = await store.create_session()
+    turn, _ = await store.begin_turn(session.id, "voice-1")
+    await store.transition(turn.id, TurnState.PROCESSING)
+    assert await store.claim_turn(turn.id, "api", 30) is None

@@ -141,3 +141,34 @@ async def test_webhook_tool_is_called_once_with_the_idempotency_key(store: Store
     assert [o.status for o in outcomes] == ["succeeded"] * 3
     assert outcomes[0].result == {"booked": True}
     assert seen == [(f"{turn_id}:w1", {"tool": "book_table", "arguments": call.arguments})]
+
+
+async def test_recovery_settles_a_cut_off_call_as_unknown_unless_retry_safe(store: Store):
+    """After a takeover (the owner's lease lapsed) a call still ``running`` was cut off:
+    an ordinary tool is settled as unknown at once and not re-run; a retry-safe one is
+    re-sent with the same idempotency key."""
+    calls: list[tuple[dict[str, Any], str]] = []
+    registry = booking_registry(calls)
+    repeats: list[str] = []
+
+    @registry.tool({"type": "object"}, retry_safe=True)
+    async def send_sms(arguments: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        repeats.append(idempotency_key)
+        return {"sent": True}
+
+    ledger = ToolLedger(store, registry, wait_secs=30.0)
+    turn_id = await a_turn(store)
+    booking = ToolCall(id="b", name="book_table", arguments={"party": 2, "time": "19:00"})
+    sms = ToolCall(id="s", name="send_sms", arguments={})
+    for call in (booking, sms):
+        await store.claim_tool(turn_id, call.id, call.name, call.arguments)
+
+    unknown = await asyncio.wait_for(ledger.run(turn_id, booking, recovering=True), 5)
+    assert unknown.status == "unknown" and calls == []
+    resent = await ledger.run(turn_id, sms, recovering=True)
+    assert resent.status == "succeeded" and repeats == [f"{turn_id}:s"]
+    # Settled: later runs replay the record, recovering or not.
+    for recovering in (False, True):
+        assert (await ledger.run(turn_id, booking, recovering=recovering)).status == "unknown"
+        assert (await ledger.run(turn_id, sms, recovering=recovering)).replayed
+    assert calls == [] and len(repeats) == 1

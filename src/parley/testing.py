@@ -73,6 +73,12 @@ class ServerProcess:
     def health(self) -> dict[str, object]:
         return dict(httpx.get(f"{self.http}/health", timeout=5).json())
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as when a machine or container dies."""
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+        self._log.close()
+
     def stop(self) -> None:
         self.proc.terminate()
         try:

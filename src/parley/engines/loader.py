@@ -29,6 +29,10 @@ class Engines:
 
     async def close(self) -> None:
         for engine in (self.stt, self.llm, self.vad, self.eou):
+            aclose = getattr(engine, "aclose", None)
+            if aclose is not None:
+                await aclose()
+                continue
             close = getattr(engine, "close", None)
             if close is not None:
                 close()
@@ -49,7 +53,13 @@ async def load_engines(settings: Settings) -> Engines:
     tts = PiperTTS(settings.tts)
     tts_started = asyncio.ensure_future(tts.start())
     stt = await asyncio.to_thread(WhisperSTT, settings.stt)
-    llm = await asyncio.to_thread(LlamaLLM, settings.llm)
+    llm: LanguageModel
+    if settings.llm.provider == "openai":
+        from parley.engines.llm_openai import OpenAICompatibleLLM
+
+        llm = OpenAICompatibleLLM(settings.llm)
+    else:
+        llm = await asyncio.to_thread(LlamaLLM, settings.llm)
     vad = await asyncio.to_thread(SileroVAD)
     eou = await asyncio.to_thread(SmartTurn, None, settings.stt.device)
     await tts_started
@@ -59,7 +69,7 @@ async def load_engines(settings: Settings) -> Engines:
         "engines loaded",
         seconds=round(time.perf_counter() - start, 2),
         stt_device=stt.device,
-        llm_device=llm.device,
+        llm_device=getattr(llm, "device", "?"),
         tts_device=tts.device,
     )
     return engines
@@ -75,5 +85,7 @@ async def warm_up(engines: Engines) -> None:
     await engines.eou.completion_probability(np.zeros(16_000, dtype=np.float32))
     async for _ in engines.tts.synthesize("Hello."):
         pass
+    if getattr(engines.llm, "device", None) == "remote":
+        return  # nothing to warm here; a provider that is down must not stop start-up
     async for _ in engines.llm.stream_chat([ChatMessage("user", "Hi")]):
         break

@@ -2,11 +2,14 @@
 
 from parley.orchestration.envelope import ActionEnvelope, EnvelopeError, parse_envelope
 from parley.orchestration.orchestrator import OrchestrationError, Orchestrator
+from parley.orchestration.tools import Tool, ToolRegistry
 
 __all__ = [
     "ActionEnvelope",
     "EnvelopeError",
     "OrchestrationError",
     "Orchestrator",
+    "Tool",
+    "ToolRegistry",
     "parse_envelope",
 ]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -58,6 +59,49 @@ MODEL_INSTRUCTIONS = (
 )
 
 
+class ToolSpec(Protocol):
+    """What the model is told about a tool (``parley.orchestration.tools.Tool`` fits)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def parameters(self) -> dict[str, Any]: ...
+
+
+def model_schema(tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:
+    """MODEL_SCHEMA, plus ``tool_calls`` when the agent has tools: each call names one of
+    them and carries arguments of that tool's schema (a grammar then keeps the model to
+    real tool names). Call ids are not the model's to write: see :func:`parse_envelope`."""
+    if not tools:
+        return MODEL_SCHEMA
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+            "required": ["name", "arguments"],
+        }
+        for t in tools
+    ]
+    schema = json.loads(json.dumps(MODEL_SCHEMA))
+    schema["properties"]["tool_calls"] = {"type": "array", "items": {"anyOf": calls}}
+    return cast(dict[str, Any], schema)
+
+
+def model_instructions(tools: Sequence[ToolSpec] = ()) -> str:
+    if not tools:
+        return MODEL_INSTRUCTIONS
+    listed = "; ".join(
+        f"{t.name}({json.dumps(t.parameters.get('properties', {}))}): {t.description}"
+        for t in tools
+    )
+    return (
+        f"{MODEL_INSTRUCTIONS} To act, add tool_calls: a list of {{name, arguments}} "
+        f"objects. Tools: {listed}."
+    )
+
+
 class EnvelopeError(ValueError):
     """Model output that is not a valid action envelope, even after repair."""
 
@@ -96,6 +140,18 @@ def close_truncated(text: str) -> str:
     return closed.rstrip().rstrip(",") + "".join(reversed(stack))
 
 
+def _normalise(data: dict[str, Any]) -> None:
+    """Tidy what a model legitimately leaves out: call ids are assigned by position
+    (``call_1``…), so a stored envelope names each call the same way on every replay."""
+    if isinstance(data.get("spoken_text"), str):
+        data["spoken_text"] = data["spoken_text"].strip()
+    calls = data.get("tool_calls")
+    if isinstance(calls, list):
+        for index, call in enumerate(calls, start=1):
+            if isinstance(call, dict) and "id" not in call:
+                call["id"] = f"call_{index}"
+
+
 def parse_envelope(raw: str) -> ActionEnvelope:
     """Validate model output; repair what is safely repairable (surrounding prose or code
     fences, trailing commas, output cut off mid-way), reject everything else with the
@@ -115,8 +171,8 @@ def parse_envelope(raw: str) -> ActionEnvelope:
         except json.JSONDecodeError as exc:
             last_error = f"invalid JSON: {exc.msg}"
             continue
-        if isinstance(data, dict) and isinstance(data.get("spoken_text"), str):
-            data["spoken_text"] = data["spoken_text"].strip()
+        if isinstance(data, dict):
+            _normalise(data)
         try:
             return ActionEnvelope.model_validate(data)
         except ValidationError as exc:

@@ -12,6 +12,9 @@ from typing import Any
 from parley.orchestration.envelope import ToolCall
 from parley.orchestration.tools import ToolArgumentsError, ToolRegistry
 from parley.store import Store
+from parley.telemetry import get_logger
+
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,12 @@ class ToolLedger:
         self._registry = registry
         self._wait_secs = wait_secs
 
-    async def run(self, turn_id: int, call: ToolCall) -> ToolOutcome:
+    async def run(self, turn_id: int, call: ToolCall, *, recovering: bool = False) -> ToolOutcome:
+        """Run ``call`` of turn ``turn_id`` unless it ran (or started) before.
+
+        ``recovering``: this process took the turn over from one whose claim lapsed, so
+        a call still marked ``running`` was cut off mid-way: it is re-sent with the same
+        idempotency key if the tool is retry-safe, otherwise settled as ``unknown``."""
         tool = self._registry.get(call.name)
         problem = None
         if tool is None:
@@ -43,7 +51,13 @@ class ToolLedger:
             turn_id, call.id, call.name, call.arguments
         )
         if not created:
-            return await self._stored_outcome(turn_id, call.id)
+            if not (recovering and execution.status == "running"):
+                return await self._stored_outcome(turn_id, call.id)
+            if tool is None or not tool.retry_safe:
+                result = {"error": "cut off by a crash mid-call; not run again (not retry-safe)"}
+                await self._store.finish_tool(execution.id, "unknown", result)
+                return ToolOutcome(call.id, "unknown", result, True)
+            log.info("re-sending a call cut off by a crash", tool=call.name, call_id=call.id)
         if problem is not None or tool is None:
             result = {"error": problem or "unknown tool"}
             await self._store.finish_tool(execution.id, "rejected", result)

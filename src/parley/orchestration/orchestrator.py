@@ -8,10 +8,11 @@ from typing import Protocol
 
 from parley.engines import ChatMessage, EngineError
 from parley.orchestration.envelope import (
-    MODEL_INSTRUCTIONS,
-    MODEL_SCHEMA,
     ActionEnvelope,
     EnvelopeError,
+    ToolSpec,
+    model_instructions,
+    model_schema,
     parse_envelope,
 )
 from parley.telemetry import get_logger
@@ -32,9 +33,16 @@ class OrchestrationError(RuntimeError):
 
 
 class Orchestrator:
-    def __init__(self, llm: StructuredLanguageModel, system_prompt: str, attempts: int = 2) -> None:
+    def __init__(
+        self,
+        llm: StructuredLanguageModel,
+        system_prompt: str,
+        tools: Sequence[ToolSpec] = (),
+        attempts: int = 2,
+    ) -> None:
         self._llm = llm
-        self._system = f"{system_prompt} {MODEL_INSTRUCTIONS}"
+        self._system = f"{system_prompt} {model_instructions(tools)}"
+        self._schema = model_schema(tools)
         self._attempts = attempts
         self.calls = 0
         """LLM calls made (what idempotency must not repeat)."""
@@ -48,7 +56,7 @@ class Orchestrator:
             self.calls += 1
             started = time.monotonic()
             try:
-                raw = await self._llm.complete_json(messages, MODEL_SCHEMA)
+                raw = await self._llm.complete_json(messages, self._schema)
             except EngineError as exc:
                 raise OrchestrationError(f"the model failed: {exc}") from exc
             try:

@@ -4,12 +4,15 @@ downstream system can recognise a repeat even if Parley cannot."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import importlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import jsonschema
+
+from parley.config import WebhookToolSettings
 
 ToolFunction = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
 
@@ -25,6 +28,9 @@ class Tool:
     parameters: dict[str, Any]
     run: ToolFunction
     side_effect: bool = True
+    retry_safe: bool = False
+    """A repeat with the same idempotency key has no second effect, so a call cut off by
+    a crash may be re-sent on recovery (else its outcome is reported unknown)."""
 
     def validate(self, arguments: dict[str, Any]) -> None:
         try:
@@ -40,6 +46,12 @@ class ToolRegistry:
     def get(self, name: str) -> Tool | None:
         return self._tools.get(name)
 
+    def __iter__(self) -> Iterator[Tool]:
+        return iter(self._tools.values())
+
+    def __len__(self) -> int:
+        return len(self._tools)
+
     def add(self, tool: Tool) -> Tool:
         if tool.name in self._tools:
             raise ValueError(f"tool {tool.name!r} is already registered")
@@ -54,6 +66,7 @@ class ToolRegistry:
         name: str | None = None,
         description: str = "",
         side_effect: bool = True,
+        retry_safe: bool = False,
     ) -> Callable[[ToolFunction], ToolFunction]:
         """Register ``async def fn(arguments, idempotency_key) -> dict`` as a tool."""
 
@@ -65,6 +78,7 @@ class ToolRegistry:
                     parameters=parameters,
                     run=fn,
                     side_effect=side_effect,
+                    retry_safe=retry_safe,
                 )
             )
             return fn
@@ -79,6 +93,7 @@ class ToolRegistry:
         *,
         description: str = "",
         timeout: float = 10.0,
+        retry_safe: bool = False,
     ) -> Tool:
         """A tool that POSTs ``{"tool", "arguments"}`` to ``url`` with an Idempotency-Key
         header and returns the JSON object it answers."""
@@ -94,4 +109,28 @@ class ToolRegistry:
                 body = response.json()
             return body if isinstance(body, dict) else {"result": body}
 
-        return self.add(Tool(name, description, parameters, call))
+        return self.add(Tool(name, description, parameters, call, retry_safe=retry_safe))
+
+
+def load_registry(
+    tools_module: str | None, webhooks: Sequence[WebhookToolSettings]
+) -> ToolRegistry:
+    """The agent's tools: the registry named by ``agent.tools_module`` (``pkg.mod:name``)
+    plus the ``[[tools]]`` webhooks of the agent file."""
+    registry = ToolRegistry()
+    if tools_module:
+        module_name, _, attribute = tools_module.partition(":")
+        found = getattr(importlib.import_module(module_name), attribute or "registry", None)
+        if not isinstance(found, ToolRegistry):
+            raise ValueError(f"agent.tools_module {tools_module!r} is not a ToolRegistry")
+        registry = found
+    for hook in webhooks:
+        registry.webhook(
+            hook.name,
+            hook.url,
+            dict(hook.parameters),
+            description=hook.description,
+            timeout=hook.timeout_secs,
+            retry_safe=hook.retry_safe,
+        )
+    return registry

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -14,6 +17,8 @@ from parley import __version__
 from parley.config import Settings, load_settings
 from parley.engines import Engines, load_engines
 from parley.orchestration import Orchestrator
+from parley.orchestration.ledger import ToolLedger
+from parley.orchestration.tools import load_registry
 from parley.server.sessions_api import router as sessions_router
 from parley.server.tokens import TokenIssuer
 from parley.server.turns_api import router as turns_router
@@ -61,8 +66,12 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         # The orchestration endpoint needs an LLM that can give structured (JSON) replies.
         llm = getattr(app.state.engines, "llm", None)
         structured = llm if hasattr(llm, "complete_json") else None
+        tools = load_registry(settings.agent.tools_module, settings.tools)
+        app.state.ledger = ToolLedger(app.state.store, tools)
         app.state.orchestrator = (
-            Orchestrator(structured, settings.agent.system_prompt) if structured else None
+            Orchestrator(structured, settings.agent.system_prompt, list(tools))
+            if structured
+            else None
         )
         try:
             yield
@@ -75,6 +84,8 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app = FastAPI(title="Parley", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.sessions = {}
+    # Names this process in turn leases, so a turn it left behind can be told apart.
+    app.state.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     secret = settings.server.token_secret
     app.state.tokens = TokenIssuer(
         secret.get_secret_value() if secret else None, settings.server.token_ttl_secs

@@ -194,7 +194,12 @@ async def session_timeline(
                 "user_text": turn.user_text,
                 "result": turn.result,
                 "transitions": [
-                    {"from": t.from_state, "to": t.to_state, "at": t.at.isoformat()}
+                    {
+                        "from": t.from_state,
+                        "to": t.to_state,
+                        "at": t.at.isoformat(),
+                        "detail": t.detail,
+                    }
                     for t in transitions
                 ],
             }

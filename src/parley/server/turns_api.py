@@ -12,8 +12,13 @@ from pydantic import BaseModel, Field
 
 from parley.orchestration import ActionEnvelope, OrchestrationError, Orchestrator
 from parley.orchestration.envelope import FALLBACK
+from parley.orchestration.ledger import ToolLedger
 from parley.server.sessions_api import AUTH_RESPONSES, authorize
 from parley.store import Store, TurnState
+from parley.store.models import Turn
+from parley.telemetry import get_logger
+
+log = get_logger(__name__)
 
 router = APIRouter(prefix="/v1/sessions", tags=["turns"])
 
@@ -28,11 +33,22 @@ class TurnRequest(BaseModel):
     idempotency_key: str = Field(min_length=1, max_length=128)
 
 
+class ToolResult(BaseModel):
+    call_id: str
+    tool: str
+    status: str
+    """succeeded | failed | rejected (bad name or arguments) | unknown (cut off by a
+    crash and not retry-safe: never run twice)."""
+    result: dict[str, Any]
+
+
 class TurnResponse(BaseModel):
     turn_seq: int
     idempotency_key: str
     state: str
     envelope: ActionEnvelope
+    tool_results: list[ToolResult] = Field(default_factory=list)
+    """What each of the envelope's tool calls did (each ran at most once, ever)."""
     replayed: bool
     """True when this is the stored result of an earlier request with the same key."""
     error: str | None = None
@@ -54,6 +70,12 @@ async def create_turn(
     request: Request,
     authorization: str | None = Header(default=None),
 ) -> TurnResponse:
+    """Run one turn: the model's envelope, then its tool calls through the ledger.
+
+    Exactly once per idempotency key: of concurrent requests one claims the turn and the
+    rest get its stored result; a turn whose process died mid-way (its lease lapsed) is
+    taken over by the next request with its key and resumed from its checkpoint — the
+    model is not asked again once it answered, and no tool call runs twice."""
     authorize(request, session_id, authorization)
     store: Store = request.app.state.store
     orchestrator: Orchestrator | None = request.app.state.orchestrator
@@ -61,55 +83,101 @@ async def create_turn(
         raise HTTPException(503, "the configured LLM cannot produce structured replies")
     if await store.get_session(session_id) is None:
         raise HTTPException(404, f"unknown session {session_id}")
-    turn, created = await store.begin_turn(session_id, body.idempotency_key, user_text=body.text)
-    if not created:
-        return await _replay(store, session_id, body)
-    history, _ = await store.conversation(session_id, before_seq=turn.seq)
-    await store.transition(turn.id, TurnState.PROCESSING)
-    state = TurnState.COMPLETED
-    error: str | None = None
+    await store.begin_turn(session_id, body.idempotency_key, user_text=body.text)
+    owner: str = request.app.state.instance_id
+    lease: float = request.app.state.settings.server.turn_lease_secs
+    deadline = time.monotonic() + REPLAY_WAIT_SECS
+    while True:
+        current = await store.find_turn(session_id, body.idempotency_key)
+        if current is None:  # deleted meanwhile
+            raise HTTPException(404, f"unknown session {session_id}")
+        if current.user_text != store.stored_text(body.text):
+            raise HTTPException(409, "this idempotency key was used for a different request")
+        if current.state in FINISHED and current.result and "envelope" in current.result:
+            return _stored_response(current)
+        if current.state not in (TurnState.RECEIVED.value, TurnState.PROCESSING.value):
+            raise HTTPException(409, f"the turn with this key ended as {current.state}")
+        claimed = await store.claim_turn(current.id, owner, lease)
+        if claimed is not None:
+            return await _process(request, *claimed, body, owner, lease)
+        if time.monotonic() > deadline:
+            raise HTTPException(409, "the turn with this key is still being processed")
+        await asyncio.sleep(0.05)
+
+
+async def _process(
+    request: Request, turn: Turn, recovering: bool, body: TurnRequest, owner: str, lease: float
+) -> TurnResponse:
+    store: Store = request.app.state.store
+    orchestrator: Orchestrator = request.app.state.orchestrator
+    ledger: ToolLedger = request.app.state.ledger
+    heartbeat = asyncio.create_task(_keep_lease(store, turn.id, owner, lease))
     try:
-        envelope = await orchestrator.respond(history, body.text)
-    except OrchestrationError as exc:
-        # The user hears a short apology, never the malformed output; the turn is failed.
-        state, envelope, error = TurnState.FAILED, FALLBACK, str(exc)
+        checkpoint = turn.result or {}
+        error: str | None = None
+        if "envelope" in checkpoint:  # the model answered before a crash: do not ask again
+            envelope = ActionEnvelope.model_validate(checkpoint["envelope"])
+        else:
+            history, _ = await store.conversation(turn.session_id, before_seq=turn.seq)
+            try:
+                envelope = await orchestrator.respond(history, body.text)
+            except OrchestrationError as exc:
+                # The user hears a short apology, never the malformed output.
+                envelope, error = FALLBACK, str(exc)
+            if error is None:
+                await store.checkpoint(turn.id, _result(envelope, []))
+        results: list[ToolResult] = []
+        for call in envelope.tool_calls:  # in order: a later call may depend on an earlier
+            done = await ledger.run(turn.id, call, recovering=recovering)
+            results.append(
+                ToolResult(call_id=call.id, tool=call.name, status=done.status, result=done.result)
+            )
+        outcome = _result(envelope, results)
+        state = TurnState.COMPLETED
+        if error is not None:
+            state, outcome["error"] = TurnState.FAILED, error
+        await store.transition(turn.id, state, result=outcome)
     except BaseException:
-        await store.transition(turn.id, TurnState.CANCELLED, result={"error": "request aborted"})
+        # Aborted (client gone, shutdown): free the claim so a retry resumes at once.
+        await asyncio.shield(store.renew_lease(turn.id, owner, 0.0))
         raise
-    result: dict[str, Any] = {"envelope": envelope.model_dump(), "spoken": envelope.spoken_text}
-    if error is not None:
-        result["error"] = error
-    await store.transition(turn.id, state, result=result)
+    finally:
+        heartbeat.cancel()
     return TurnResponse(
         turn_seq=turn.seq,
         idempotency_key=body.idempotency_key,
         state=state.value,
         envelope=envelope,
+        tool_results=results,
         replayed=False,
         error=error,
     )
 
 
-async def _replay(store: Store, session_id: str, body: TurnRequest) -> TurnResponse:
-    """The stored outcome of the first request with this key, once it is final."""
-    deadline = time.monotonic() + REPLAY_WAIT_SECS
+async def _keep_lease(store: Store, turn_id: int, owner: str, lease: float) -> None:
     while True:
-        turn = await store.find_turn(session_id, body.idempotency_key)
-        if turn is None:  # deleted meanwhile
-            raise HTTPException(404, f"unknown session {session_id}")
-        if turn.user_text != store.stored_text(body.text):
-            raise HTTPException(409, "this idempotency key was used for a different request")
-        if turn.state in FINISHED and turn.result and "envelope" in turn.result:
-            return TurnResponse(
-                turn_seq=turn.seq,
-                idempotency_key=body.idempotency_key,
-                state=turn.state,
-                envelope=ActionEnvelope.model_validate(turn.result["envelope"]),
-                replayed=True,
-                error=turn.result.get("error"),
-            )
-        if turn.state not in (TurnState.RECEIVED.value, TurnState.PROCESSING.value):
-            raise HTTPException(409, f"the turn with this key ended as {turn.state}")
-        if time.monotonic() > deadline:
-            raise HTTPException(409, "the turn with this key is still being processed")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(lease / 3)
+        if not await store.renew_lease(turn_id, owner, lease):
+            log.warning("lost the claim on a turn", turn_id=turn_id)
+            return
+
+
+def _result(envelope: ActionEnvelope, tools: list[ToolResult]) -> dict[str, Any]:
+    return {
+        "envelope": envelope.model_dump(),
+        "spoken": envelope.spoken_text,
+        "tool_results": [t.model_dump() for t in tools],
+    }
+
+
+def _stored_response(turn: Turn) -> TurnResponse:
+    assert turn.result is not None
+    return TurnResponse(
+        turn_seq=turn.seq,
+        idempotency_key=turn.idempotency_key,
+        state=turn.state,
+        envelope=ActionEnvelope.model_validate(turn.result["envelope"]),
+        tool_results=[ToolResult.model_validate(t) for t in turn.result.get("tool_results", [])],
+        replayed=True,
+        error=turn.result.get("error"),
+    )

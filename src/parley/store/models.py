@@ -53,6 +53,11 @@ class Turn(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    """The process working on the turn (orchestration endpoint turns only)."""
+    lease_expires_at: Mapped[datetime | None]
+    """Until when ``owner``'s claim holds; it renews it while it works. A lapsed lease
+    means the owner died: another process may take the turn over."""
 
 
 class TurnTransition(Base):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from parley.store.db import Database
@@ -214,6 +214,79 @@ class Store:
             )
             await self._set_session_turn_state(s, turn.session_id, new_state.value)
         return turn
+
+    async def claim_turn(
+        self, turn_id: int, owner: str, lease_secs: float
+    ) -> tuple[Turn, bool] | None:
+        """Claim a turn for ``owner`` for ``lease_secs``: a received turn, or a processing
+        one whose lease lapsed (its process died). Returns ``(turn, recovering)`` —
+        ``recovering`` True for a takeover — or None when someone else holds it. Each
+        attempt is one conditional UPDATE, so of any number of racing claims one wins."""
+        now = utcnow()
+        lease = now + timedelta(seconds=lease_secs)
+        attempts = (
+            (TurnState.RECEIVED, Turn.state == TurnState.RECEIVED.value),
+            (
+                TurnState.PROCESSING,
+                (Turn.state == TurnState.PROCESSING.value)
+                & Turn.lease_expires_at.is_not(None)
+                & (Turn.lease_expires_at < now),
+            ),
+        )
+        for from_state, condition in attempts:
+            async with self.db.session() as s:
+                previous = await s.scalar(select(Turn.owner).where(Turn.id == turn_id))
+                updated = await s.execute(
+                    update(Turn)
+                    .where(Turn.id == turn_id, condition)
+                    .values(
+                        state=TurnState.PROCESSING.value,
+                        owner=owner,
+                        lease_expires_at=lease,
+                        updated_at=now,
+                    )
+                )
+                if cast(CursorResult[Any], updated).rowcount != 1:
+                    continue
+                recovering = from_state is TurnState.PROCESSING
+                s.add(
+                    TurnTransition(
+                        turn_id=turn_id,
+                        from_state=from_state.value,
+                        to_state=TurnState.PROCESSING.value,
+                        at=now,
+                        detail=f"taken over from {previous}" if recovering else None,
+                    )
+                )
+                turn = await s.get(Turn, turn_id, populate_existing=True)
+                assert turn is not None
+                await self._set_session_turn_state(s, turn.session_id, turn.state)
+            return turn, recovering
+        return None
+
+    async def renew_lease(self, turn_id: int, owner: str, lease_secs: float) -> bool:
+        """Extend ``owner``'s claim; False when it no longer holds the turn."""
+        async with self.db.session() as s:
+            updated = await s.execute(
+                update(Turn)
+                .where(
+                    Turn.id == turn_id,
+                    Turn.owner == owner,
+                    Turn.state == TurnState.PROCESSING.value,
+                )
+                .values(lease_expires_at=utcnow() + timedelta(seconds=lease_secs))
+            )
+            return cast(CursorResult[Any], updated).rowcount == 1
+
+    async def checkpoint(self, turn_id: int, result: dict[str, Any]) -> None:
+        """Save a processing turn's progress (e.g. its envelope before the tools run), so
+        a process that takes it over resumes rather than asks the model again."""
+        async with self.db.session() as s:
+            await s.execute(
+                update(Turn)
+                .where(Turn.id == turn_id, Turn.state == TurnState.PROCESSING.value)
+                .values(result=self._stored_result(result), updated_at=utcnow())
+            )
 
     async def transitions(self, turn_id: int) -> Sequence[TurnTransition]:
         async with self.db.session() as s:
