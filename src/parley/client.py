@@ -39,6 +39,9 @@ async def create_session(ws_url: str, **body: Any) -> dict[str, Any]:
         return dict(response.json())
 
 
+SILENCE = bytes(FRAME_SAMPLES * 2)
+
+
 @dataclass
 class ReceivedAudio:
     at: float
@@ -64,6 +67,7 @@ class CallClient:
     close_code: int | None = None
     _ws: ClientConnection | None = None
     _queue: list[_Utterance] = field(default_factory=list)
+    _index: int = 0
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -111,24 +115,27 @@ class CallClient:
         self._queue.append(_Utterance(frames, last, fut))
         return fut
 
+    def next_mic_frame(self, now: float) -> bytes:
+        """The next 20 ms of the microphone (queued speech, else silence); ``now`` is the
+        loop time it is sent at, which resolves an utterance's future at its last
+        speech frame."""
+        if not self._queue:
+            return SILENCE
+        utt = self._queue[0]
+        frame = utt.frames[self._index]
+        if self._index == utt.last_speech_frame and not utt.sent.done():
+            utt.sent.set_result(now)
+        self._index += 1
+        if self._index == len(utt.frames):
+            self._queue.pop(0)
+            self._index = 0
+        return frame
+
     async def _mic_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        silence = bytes(FRAME_SAMPLES * 2)
         next_at = loop.time()
-        index = 0
         while True:
-            if self._queue:
-                utt = self._queue[0]
-                frame = utt.frames[index]
-                await self.ws.send(frame)
-                if index == utt.last_speech_frame and not utt.sent.done():
-                    utt.sent.set_result(loop.time())
-                index += 1
-                if index == len(utt.frames):
-                    self._queue.pop(0)
-                    index = 0
-            else:
-                await self.ws.send(silence)
+            await self.ws.send(self.next_mic_frame(loop.time()))
             next_at += FRAME_SECS
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 

@@ -82,6 +82,22 @@ class ServerSettings(BaseModel):
     a turn whose claim lapsed (its process died) is taken over by a retry with its key."""
 
 
+class IceServer(BaseModel):
+    urls: list[str]
+    """e.g. ``["stun:stun.example.org:3478"]`` or ``["turn:turn.example.org"]``."""
+    username: str | None = None
+    credential: SecretStr | None = None
+
+
+class WebRTCSettings(BaseModel):
+    ice_servers: list[IceServer] = Field(default_factory=list)
+    """None by default: host candidates are enough on one machine or a LAN, and nothing
+    is contacted outside. Real deployments behind NAT add STUN/TURN servers here (the
+    page is given the same list)."""
+    max_peers: int = Field(default=32, ge=1)
+    """Concurrent WebRTC connections; more offers get 503."""
+
+
 class LiveKitSettings(BaseModel):
     """When all three are set, sessions also get LiveKit access tokens for their room."""
 
@@ -199,6 +215,7 @@ class Settings(BaseSettings):
     agent: AgentSettings = AgentSettings()
     server: ServerSettings = ServerSettings()
     livekit: LiveKitSettings = LiveKitSettings()
+    webrtc: WebRTCSettings = WebRTCSettings()
     vad: VADSettings = VADSettings()
     turn: TurnSettings = TurnSettings()
     interruption: InterruptionSettings = InterruptionSettings()

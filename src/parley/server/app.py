@@ -9,9 +9,11 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from parley import __version__
 from parley.config import Settings, load_settings
@@ -22,6 +24,7 @@ from parley.orchestration.tools import load_registry
 from parley.server.sessions_api import router as sessions_router
 from parley.server.tokens import TokenIssuer
 from parley.server.turns_api import router as turns_router
+from parley.server.webrtc_api import router as webrtc_router
 from parley.store import Database, Store
 from parley.telemetry import Redactor, get_logger
 from parley.transports.websocket import router as websocket_router
@@ -30,6 +33,7 @@ log = get_logger(__name__)
 
 
 RETENTION_PERIOD_SECS = 3600
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 
 async def _enforce_retention(store: Store, settings: Settings) -> None:
@@ -77,6 +81,10 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             yield
         finally:
             retention.cancel()
+            # WebRTC peers are not HTTP connections the server waits for: close them so
+            # clients see their data channel close at once and reconnect elsewhere.
+            for peer in list(app.state.webrtc_peers.values()):
+                await peer.close("server shutting down")
             if owned:
                 await app.state.engines.close()
             await database.close()
@@ -84,6 +92,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app = FastAPI(title="Parley", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.sessions = {}
+    app.state.webrtc_peers = {}
     # Names this process in turn leases, so a turn it left behind can be told apart.
     app.state.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     secret = settings.server.token_secret
@@ -93,18 +102,23 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.include_router(sessions_router)
     app.include_router(turns_router)
     app.include_router(websocket_router)
+    app.include_router(webrtc_router)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "sessions": len(app.state.sessions)}
 
-    @app.get("/")
-    async def index() -> dict[str, Any]:
+    @app.get("/v1")
+    async def about() -> dict[str, Any]:
         return {
             "name": "Parley",
             "version": __version__,
             "websocket": "/v1/ws",
+            "webrtc": "/v1/sessions/{session_id}/webrtc",
             "protocol": "PCM16LE mono 16 kHz binary audio both ways; JSON text events",
         }
+
+    # The browser client: static files inside the package, nothing fetched from outside.
+    app.mount("/", StaticFiles(directory=WEB_ROOT, html=True), name="web")
 
     return app

@@ -42,6 +42,8 @@ class TokenOut(BaseModel):
     """Unix time."""
     websocket_url: str
     """Path of the voice WebSocket for this token (relative to the server)."""
+    webrtc_offer_url: str
+    """Where a WebRTC client POSTs its SDP offer, with this token as Bearer."""
     livekit_url: str | None = None
     livekit_token: str | None = None
     """A LiveKit access token for this session's room (when LiveKit is configured)."""
@@ -69,6 +71,7 @@ def _token_out(request: Request, t: SessionToken, identity: str) -> TokenOut:
         token=t.token,
         expires_at=t.expires_at,
         websocket_url=f"/v1/ws?token={t.token}",
+        webrtc_offer_url=f"/v1/sessions/{t.session_id}/webrtc",
     )
     livekit = request.app.state.settings.livekit
     if livekit.configured:

@@ -9,55 +9,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from typing import Any
 
 from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from parley.config import Settings
-from parley.engines import Engines
-from parley.telemetry import bind_session, get_logger
+from parley.telemetry import get_logger
+from parley.transports.control import apply_control
 from parley.transports.outbound import OutboundOverflow, OutboundQueue
+from parley.transports.voice_runtime import close_voice_session, open_voice_session
 from parley.voice.events import event
-from parley.voice.recording import SessionRecorder
 from parley.voice.session import SessionOverloaded, VoiceSession
 
 log = get_logger(__name__)
 
 router = APIRouter()
 
-CONTROL_TYPES = ("interrupt", "mute", "unmute", "status", "end", "ping")
-
 
 @router.websocket("/v1/ws")
 async def voice_socket(websocket: WebSocket, token: str | None = None) -> None:
     app = websocket.app
     settings: Settings = app.state.settings
-    engines: Engines = app.state.engines
     await websocket.accept()
     session_id = await _authorize(websocket, token)
     if session_id is None:
         return
     outbound = OutboundQueue(settings.server.max_outbound_queue)
-    store = app.state.store
-    started = time.monotonic()
-    reconnect = await store.mark_connected(session_id)
-    recorder = SessionRecorder(store, session_id)
-    session = VoiceSession(engines, settings, outbound, session_id=session_id, recorder=recorder)
-    if reconnect:
-        # The conversation comes back from the database, not from the client's memory.
-        messages, last_turn = await store.conversation(session_id)
-        session.restore(messages, last_turn)
-        recovery_ms = round((time.monotonic() - started) * 1000, 1)
-        recorder.event(
-            "session.reconnected", None, {"recovery_ms": recovery_ms, "messages": len(messages)}
-        )
-        log.info("session resumed", messages=len(messages), recovery_ms=recovery_ms)
-    sessions: dict[int, VoiceSession] = app.state.sessions
-    connection = id(session)
-    sessions[connection] = session
-    bind_session(session.session_id)
+    session = await open_voice_session(app, session_id, outbound)
     log.info("websocket session opened")
     sender = asyncio.create_task(_send_loop(websocket, outbound), name="ws-send")
     try:
@@ -66,10 +44,7 @@ async def voice_socket(websocket: WebSocket, token: str | None = None) -> None:
     except WebSocketDisconnect:
         pass
     finally:
-        sessions.pop(connection, None)
-        await session.close()
-        with contextlib.suppress(Exception):
-            await store.mark_disconnected(session_id)
+        await close_voice_session(app, session)
         sender.cancel()
         with contextlib.suppress(BaseException):
             await sender
@@ -155,46 +130,7 @@ async def _receive_loop(
                 except SessionOverloaded as exc:
                     reject("overloaded", str(exc))
         elif text is not None:
-            if await _handle_control(
-                websocket, session, text, reject, limits.max_text_message_bytes
-            ):
+            if apply_control(session, text, limits.max_text_message_bytes) == "end":
+                await asyncio.sleep(0.05)  # let the sender flush the goodbye
+                await websocket.close(1000)
                 return
-
-
-async def _handle_control(
-    websocket: WebSocket, session: VoiceSession, text: str, reject: Any, max_bytes: int
-) -> bool:
-    """Apply one control message; True when the client ended the session."""
-    if len(text.encode()) > max_bytes:
-        reject("message_too_large", f"text message exceeds {max_bytes} bytes")
-        return False
-    try:
-        msg = json.loads(text)
-    except json.JSONDecodeError as exc:
-        reject("invalid_json", f"text message is not valid JSON: {exc.msg}")
-        return False
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        reject("invalid_message", 'control messages are JSON objects with a string "type"')
-        return False
-    kind = msg["type"]
-    if kind == "interrupt":
-        session.interrupt()
-    elif kind == "mute":
-        session.mute()
-    elif kind == "unmute":
-        session.unmute()
-    elif kind == "status":
-        session.sink.send_event(session.status())
-    elif kind == "ping":
-        session.sink.send_event(event("pong", id=msg.get("id")))
-    elif kind == "end":
-        session.sink.send_event(event("session.ended", session_id=session.session_id))
-        await asyncio.sleep(0.05)  # let the sender flush the goodbye
-        await websocket.close(1000)
-        return True
-    else:
-        reject(
-            "unknown_message_type",
-            f"unknown message type {kind!r}; expected one of {list(CONTROL_TYPES)}",
-        )
-    return False

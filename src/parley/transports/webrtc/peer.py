@@ -1,0 +1,211 @@
+"""One browser (or other WebRTC client) connected to one Parley session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+
+from parley.config import WebRTCSettings
+from parley.telemetry import bind_session, get_logger
+from parley.transports.control import apply_control
+from parley.transports.voice_runtime import close_voice_session, open_voice_session
+from parley.transports.webrtc.tracks import AgentAudioTrack, InboundResampler
+from parley.voice.events import Event, event
+from parley.voice.session import SessionOverloaded, VoiceSession
+
+log = get_logger(__name__)
+
+CHANNEL_LABEL = "parley"
+MAX_CHANNEL_BUFFER = 4 * 1024 * 1024
+"""Bytes of events the client has not taken yet: above it the client is not reading."""
+
+
+def ice_configuration(settings: WebRTCSettings) -> RTCConfiguration:
+    # An empty list, not None: aiortc would otherwise reach out to a public STUN server.
+    servers = [
+        RTCIceServer(
+            urls=s.urls,
+            username=s.username,
+            credential=s.credential.get_secret_value() if s.credential else None,
+        )
+        for s in settings.ice_servers
+    ]
+    return RTCConfiguration(iceServers=servers)
+
+
+class DataChannelSink:
+    """The voice session's SessionSink: events over the data channel (held until it
+    opens), audio into the outbound track."""
+
+    def __init__(self, track: AgentAudioTrack, on_overflow: Any) -> None:
+        self.track = track
+        self.channel: RTCDataChannel | None = None
+        self._pending: list[str] = []
+        self._on_overflow = on_overflow
+
+    def attach(self, channel: RTCDataChannel) -> None:
+        self.channel = channel
+        for message in self._pending:
+            channel.send(message)
+        self._pending.clear()
+
+    def send_event(self, event: Event) -> None:
+        message = json.dumps(event)
+        if self.channel is None or self.channel.readyState != "open":
+            self._pending.append(message)
+            return
+        if self.channel.bufferedAmount > MAX_CHANNEL_BUFFER:
+            self._on_overflow()
+            return
+        self.channel.send(message)
+
+    def send_audio(self, pcm: bytes) -> None:
+        self.track.push(pcm)
+
+    def clear_audio(self) -> None:
+        self.track.clear()
+
+
+class WebRTCPeer:
+    """An RTCPeerConnection bound to a session: the remote microphone track feeds the
+    voice loop, the agent's voice goes out on :class:`AgentAudioTrack`, and the ``parley``
+    data channel carries events and control messages. The voice session starts when the
+    data channel opens (so the client sees every event, the greeting's included) and ends
+    when the channel or the connection closes."""
+
+    def __init__(self, app: Any, session_id: str) -> None:
+        self.app = app
+        self.session_id = session_id
+        self.pc = RTCPeerConnection(ice_configuration(app.state.settings.webrtc))
+        self.track = AgentAudioTrack()
+        self.sink = DataChannelSink(self.track, self._overflowed)
+        self.session: VoiceSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing: asyncio.Task[None] | None = None
+        self.closed = asyncio.Event()
+        self.pc.on("track", self._on_track)
+        self.pc.on("datachannel", self._on_datachannel)
+        self.pc.on("connectionstatechange", self._on_connection_state)
+
+    async def answer(self, sdp: str) -> RTCSessionDescription:
+        """Apply the client's offer; the answer carries every host candidate (aiortc
+        gathers them all before answering: no trickle ICE to signal afterwards)."""
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if not any(t.kind == "audio" for t in self.pc.getTransceivers()):
+            raise ValueError("the offer has no audio section")
+        self.pc.addTrack(self.track)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        description = self.pc.localDescription
+        assert description is not None
+        return description
+
+    # ---- aiortc callbacks ----------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            self._spawn(self._pump_microphone(track), "webrtc-mic")
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        if channel.label != CHANNEL_LABEL:
+            return
+        channel.on("message", self._on_message)
+        channel.on("close", lambda: self.close_soon("data channel closed"))
+        self.sink.attach(channel)
+        self._spawn(self._start_session(), "webrtc-session")
+
+    def _on_connection_state(self) -> None:
+        state = self.pc.connectionState
+        log.info("webrtc connection state", state=state)
+        if state in ("failed", "closed"):
+            self.close_soon(f"connection {state}")
+
+    def _on_message(self, message: str | bytes) -> None:
+        if self.session is None:
+            return
+        if isinstance(message, bytes):
+            self.sink.send_event(
+                event("error", code="invalid_message", message="control messages are text")
+            )
+            return
+        limit = self.app.state.settings.server.max_text_message_bytes
+        if apply_control(self.session, message, limit) == "end":
+            self._spawn(self._end(), "webrtc-end")
+
+    # ---- the session -----------------------------------------------------------------------
+
+    async def _start_session(self) -> None:
+        bind_session(self.session_id)
+        self.session = await open_voice_session(self.app, self.session_id, self.sink)
+        if self.closed.is_set() or self._closing is not None:
+            await close_voice_session(self.app, self.session)
+            return
+        await self.session.start()
+        log.info("webrtc session opened")
+
+    async def _pump_microphone(self, track: MediaStreamTrack) -> None:
+        resampler = InboundResampler()
+        overloaded = False
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if self.session is None:
+                continue  # before the data channel opens there is no one to answer
+            pcm = resampler.convert(frame)
+            if not pcm:
+                continue
+            try:
+                self.session.push_audio(pcm)
+                overloaded = False
+            except SessionOverloaded as exc:
+                if not overloaded:  # once per episode, not per 20 ms frame
+                    self.sink.send_event(event("error", code="overloaded", message=str(exc)))
+                overloaded = True
+
+    async def _end(self) -> None:
+        await asyncio.sleep(0.1)  # let the goodbye event leave
+        await self.close("client ended the session")
+
+    def _overflowed(self) -> None:
+        log.warning("closing: client stopped reading its data channel")
+        self.close_soon("client not reading")
+
+    def close_soon(self, reason: str) -> None:
+        if self._closing is None and not self.closed.is_set():
+            self._closing = asyncio.ensure_future(self.close(reason))
+
+    async def close(self, reason: str = "closed") -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        log.info("webrtc session closing", reason=reason)
+        peers: dict[str, WebRTCPeer] = self.app.state.webrtc_peers
+        if peers.get(self.session_id) is self:
+            del peers[self.session_id]
+        if self.session is not None:
+            await close_voice_session(self.app, self.session)
+        self.track.stop()
+        with contextlib.suppress(Exception):
+            await self.pc.close()
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()

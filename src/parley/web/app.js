@@ -1,0 +1,255 @@
+// Parley's browser client: consent, microphone, one WebRTC connection to a session,
+// the live transcript, the agent's state and each turn's latency — and reconnecting to
+// the same session when the connection drops.
+
+import { createSession, fetchTimeline, refreshToken, ServerUnreachable, TokenRejected } from "./api.js";
+import { VoiceConnection } from "./connection.js";
+import { TranscriptView } from "./transcript.js";
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  state: $("agent-state"),
+  banner: $("banner"),
+  consent: $("consent-check"),
+  start: $("start"),
+  stop: $("stop"),
+  mute: $("mute"),
+  interrupt: $("interrupt"),
+  latency: $("latency"),
+  audio: $("agent-audio"),
+};
+const transcript = new TranscriptView($("transcript"));
+const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 3000];
+
+// What a test (or a curious user in the console) can read: plain values, no control.
+const status = {
+  sessionId: null,
+  connected: false,
+  reconnects: 0,
+  restoredFromServer: false,
+  agentState: "idle",
+  agentRms: 0,
+  agentRmsMax: 0,
+  latencies: [],
+  events: [],
+};
+window.parley = status;
+
+let session = null; // { session_id, token, expires_at }
+let mic = null;
+let connection = null;
+let running = false;
+let muted = false;
+let refreshTimer = null;
+let audioContext = null;
+let meterTimer = null;
+
+function banner(message, kind = "error") {
+  ui.banner.textContent = message;
+  ui.banner.className = kind;
+  ui.banner.hidden = !message;
+}
+
+function setAgentState(state) {
+  status.agentState = state;
+  ui.state.textContent = state;
+  ui.state.dataset.state = state;
+}
+
+function setControls() {
+  ui.start.disabled = running || !ui.consent.checked;
+  ui.stop.disabled = !running;
+  ui.mute.disabled = !status.connected;
+  ui.interrupt.disabled = !status.connected;
+}
+
+function scheduleRefresh() {
+  clearTimeout(refreshTimer);
+  const msLeft = session.expires_at * 1000 - Date.now();
+  refreshTimer = setTimeout(refresh, Math.max(1000, msLeft * 0.8));
+}
+
+async function refresh() {
+  try {
+    const renewed = await refreshToken(session.session_id, session.token);
+    session = { ...session, token: renewed.token, expires_at: renewed.expires_at };
+    scheduleRefresh();
+  } catch (err) {
+    if (err instanceof TokenRejected) {
+      banner(`Your session has expired (${err.message}). Press Start to begin a new one.`);
+      stop();
+    } else {
+      refreshTimer = setTimeout(refresh, 2000); // server briefly away: try again
+    }
+  }
+}
+
+function onServerEvent(message) {
+  status.events.push(message.type);
+  switch (message.type) {
+    case "session.started":
+      if (message.resumed) restoreTranscript();
+      break;
+    case "agent.state":
+      setAgentState(message.state);
+      break;
+    case "transcript.partial":
+      transcript.partial(message.turn_id, message.segment_id, message.text);
+      break;
+    case "transcript.final":
+    case "transcript.revised":
+      transcript.final(message.turn_id, message.segment_id, message.text);
+      break;
+    case "agent.text":
+      transcript.agentText(message.turn_id, message.text);
+      break;
+    case "turn.interrupted":
+      transcript.interrupted(message.turn_id, message.heard_text);
+      break;
+    case "turn.metrics":
+      if (message.voice_to_voice_ms != null) {
+        status.latencies.push(message.voice_to_voice_ms);
+        ui.latency.textContent = `turn ${message.turn_id}: ${Math.round(message.voice_to_voice_ms)} ms voice-to-voice`;
+      }
+      break;
+    case "error":
+      banner(`Server: ${message.message}`);
+      break;
+  }
+}
+
+async function restoreTranscript() {
+  try {
+    transcript.fromTimeline(await fetchTimeline(session.session_id, session.token));
+    status.restoredFromServer = true;
+  } catch (err) {
+    banner(`Reconnected, but the transcript could not be loaded: ${err.message}`);
+  }
+}
+
+function watchAgentAudio(stream) {
+  ui.audio.srcObject = stream;
+  if (!audioContext) return;
+  // Chrome feeds a remote track to WebAudio only while it also plays in a media element.
+  const source = audioContext.createMediaStreamSource(stream);
+  const analyser = audioContext.createAnalyser();
+  analyser.fftSize = 1024;
+  source.connect(analyser);
+  const samples = new Float32Array(analyser.fftSize);
+  clearInterval(meterTimer);
+  meterTimer = setInterval(() => {
+    analyser.getFloatTimeDomainData(samples);
+    let sum = 0;
+    for (const v of samples) sum += v * v;
+    status.agentRms = Math.sqrt(sum / samples.length);
+    status.agentRmsMax = Math.max(status.agentRmsMax, status.agentRms);
+  }, 50);
+}
+
+async function connect() {
+  connection = new VoiceConnection({ iceServers: [] });
+  connection.addEventListener("server-event", (e) => onServerEvent(e.detail));
+  connection.addEventListener("agent-track", (e) => watchAgentAudio(e.detail));
+  connection.addEventListener("open", () => {
+    status.connected = true;
+    banner("");
+    if (muted) connection.send({ type: "mute" });
+    setControls();
+  });
+  connection.addEventListener("dropped", () => {
+    status.connected = false;
+    setControls();
+    if (running) reconnect();
+  });
+  await connection.open(session.session_id, session.token, mic);
+}
+
+async function reconnect() {
+  // The same session, a fresh connection: the server restores the conversation.
+  banner("Connection lost — reconnecting…", "info");
+  setAgentState("idle");
+  for (let attempt = 0; running; attempt++) {
+    await new Promise((r) => setTimeout(r, RECONNECT_DELAYS_MS[Math.min(attempt, RECONNECT_DELAYS_MS.length - 1)]));
+    if (!running) return;
+    try {
+      await connect();
+      status.reconnects += 1;
+      return;
+    } catch (err) {
+      if (err instanceof TokenRejected) {
+        banner(`Your session has expired (${err.message}). Press Start to begin a new one.`);
+        stop();
+        return;
+      }
+      const why = err instanceof ServerUnreachable ? "the server is unreachable" : err.message;
+      banner(`Connection lost — ${why}; retrying…`, "info");
+    }
+  }
+}
+
+async function start() {
+  banner("");
+  try {
+    mic = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+    });
+  } catch (err) {
+    const denied = err && (err.name === "NotAllowedError" || err.name === "SecurityError");
+    banner(
+      denied
+        ? "Microphone access was denied. Allow the microphone for this page in your browser's site settings, then press Start again."
+        : `No microphone could be opened (${err && err.name ? err.name : err}).`,
+    );
+    return;
+  }
+  audioContext = audioContext || new AudioContext();
+  running = true;
+  setControls();
+  try {
+    session = session || (await createSession({ microphone: true, store_transcripts: true }));
+    status.sessionId = session.session_id;
+    scheduleRefresh();
+    await connect();
+  } catch (err) {
+    if (err instanceof ServerUnreachable) {
+      banner("The Parley server is unreachable. Check that it is running, then press Start again.");
+    } else if (err instanceof TokenRejected) {
+      banner(`Your session has expired (${err.message}). Press Start to begin a new one.`);
+      session = null;
+    } else {
+      banner(`Could not connect: ${err.message}`);
+    }
+    stop();
+  }
+}
+
+function stop() {
+  running = false;
+  status.connected = false;
+  if (connection) {
+    connection.send({ type: "end" });
+    connection.close();
+    connection = null;
+  }
+  if (mic) {
+    mic.getTracks().forEach((t) => t.stop());
+    mic = null;
+  }
+  clearTimeout(refreshTimer);
+  clearInterval(meterTimer);
+  setAgentState("idle");
+  setControls();
+}
+
+ui.consent.addEventListener("change", setControls);
+ui.start.addEventListener("click", start);
+ui.stop.addEventListener("click", stop);
+ui.mute.addEventListener("click", () => {
+  muted = !muted;
+  ui.mute.setAttribute("aria-pressed", String(muted));
+  ui.mute.textContent = muted ? "Unmute" : "Mute";
+  if (mic) mic.getAudioTracks().forEach((t) => (t.enabled = !muted));
+  connection && connection.send({ type: muted ? "mute" : "unmute" });
+});
+ui.interrupt.addEventListener("click", () => connection && connection.send({ type: "interrupt" }));
+setControls();

@@ -1,0 +1,83 @@
+// One WebRTC connection to a Parley session: the microphone goes out, the agent's voice
+// comes back, and the "parley" data channel carries JSON events and control messages.
+
+import { sendOffer } from "./api.js";
+
+const GATHER_TIMEOUT_MS = 3000;
+
+function iceGatheringDone(pc) {
+  // The server does not take trickled candidates: offer once gathering is complete.
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState === "complete") {
+        pc.removeEventListener("icegatheringstatechange", done);
+        resolve();
+      }
+    };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, GATHER_TIMEOUT_MS);
+  });
+}
+
+export class VoiceConnection extends EventTarget {
+  constructor({ iceServers = [] } = {}) {
+    super();
+    this.iceServers = iceServers;
+    this.pc = null;
+    this.channel = null;
+    this.closedByUs = false;
+    this.dropped = false;
+  }
+
+  async open(sessionId, token, micStream) {
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    this.pc = pc;
+    for (const track of micStream.getAudioTracks()) pc.addTrack(track, micStream);
+    const channel = pc.createDataChannel("parley");
+    this.channel = channel;
+    channel.addEventListener("message", (e) => {
+      let message;
+      try {
+        message = JSON.parse(e.data);
+      } catch {
+        return;
+      }
+      this.dispatchEvent(new CustomEvent("server-event", { detail: message }));
+    });
+    channel.addEventListener("open", () => this.dispatchEvent(new Event("open")));
+    channel.addEventListener("close", () => this.#drop("data channel closed"));
+    pc.addEventListener("connectionstatechange", () => {
+      if (["failed", "closed"].includes(pc.connectionState)) this.#drop(`connection ${pc.connectionState}`);
+    });
+    pc.addEventListener("track", (e) => {
+      this.dispatchEvent(new CustomEvent("agent-track", { detail: e.streams[0] || new MediaStream([e.track]) }));
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringDone(pc);
+    const answer = await sendOffer(sessionId, token, pc.localDescription.sdp);
+    if (this.closedByUs) return;
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  }
+
+  send(message) {
+    if (this.channel && this.channel.readyState === "open") {
+      this.channel.send(JSON.stringify(message));
+      return true;
+    }
+    return false;
+  }
+
+  close() {
+    this.closedByUs = true;
+    if (this.channel) this.channel.close();
+    if (this.pc) this.pc.close();
+  }
+
+  #drop(reason) {
+    if (this.closedByUs || this.dropped) return;
+    this.dropped = true;
+    if (this.pc) this.pc.close();
+    this.dispatchEvent(new CustomEvent("dropped", { detail: reason }));
+  }
+}

@@ -1,0 +1,98 @@
+// The live transcript: the user's words (partials provisional, replaced by finals,
+// revised finals patched in place) and the agent's spoken text, turn by turn.
+
+export class TranscriptView {
+  constructor(list) {
+    this.list = list;
+    this.userItems = new Map(); // turn id → <li>
+    this.agentItems = new Map();
+  }
+
+  clear() {
+    this.list.replaceChildren();
+    this.userItems.clear();
+    this.agentItems.clear();
+  }
+
+  #item(map, turnId, who) {
+    let li = map.get(turnId);
+    if (!li) {
+      li = document.createElement("li");
+      li.className = who;
+      li.dataset.turn = String(turnId);
+      const label = document.createElement("span");
+      label.className = "who";
+      label.textContent = who === "user" ? "You" : "Agent";
+      li.append(label);
+      map.set(turnId, li);
+      this.#place(li, turnId, who);
+    }
+    return li;
+  }
+
+  #place(li, turnId, who) {
+    // Keep turn order (the user's words before the agent's reply to them).
+    const rank = (el) => Number(el.dataset.turn) * 2 + (el.classList.contains("agent") ? 1 : 0);
+    const mine = turnId * 2 + (who === "agent" ? 1 : 0);
+    const after = [...this.list.children].find((el) => rank(el) > mine);
+    this.list.insertBefore(li, after || null);
+  }
+
+  #segment(li, segmentId) {
+    let span = li.querySelector(`[data-segment="${segmentId}"]`);
+    if (!span) {
+      span = document.createElement("span");
+      span.dataset.segment = String(segmentId);
+      const later = [...li.querySelectorAll("[data-segment]")].find((s) => Number(s.dataset.segment) > segmentId);
+      li.insertBefore(span, later || null);
+    }
+    return span;
+  }
+
+  partial(turnId, segmentId, text) {
+    const span = this.#segment(this.#item(this.userItems, turnId, "user"), segmentId);
+    if (span.classList.contains("final")) return; // a late partial never replaces a final
+    span.className = "partial";
+    span.textContent = `${text} `;
+  }
+
+  final(turnId, segmentId, text) {
+    const span = this.#segment(this.#item(this.userItems, turnId, "user"), segmentId);
+    span.className = "final";
+    span.textContent = `${text} `;
+  }
+
+  userText(turnId, text) {
+    const li = this.#item(this.userItems, turnId, "user");
+    if (!li.querySelector(".final")) this.final(turnId, 0, text);
+  }
+
+  agentText(turnId, text) {
+    const li = this.#item(this.agentItems, turnId, "agent");
+    const span = document.createElement("span");
+    span.className = "said";
+    span.textContent = `${text} `;
+    li.append(span);
+  }
+
+  interrupted(turnId, heardText) {
+    const li = this.agentItems.get(turnId);
+    if (!li) return;
+    li.classList.add("interrupted");
+    li.dataset.heard = heardText || "";
+  }
+
+  fromTimeline(timeline) {
+    // Rebuilt from the server's record, not from what this page remembered.
+    this.clear();
+    for (const turn of timeline.turns) {
+      if (turn.user_text) this.final(turn.seq, 0, turn.user_text);
+      const result = turn.result || {};
+      const said = result.spoken || result.heard;
+      if (said) {
+        this.agentText(turn.seq, said);
+        if (turn.state === "interrupted") this.interrupted(turn.seq, result.heard);
+      }
+    }
+  }
+}
