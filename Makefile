@@ -46,9 +46,10 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # The tests and the benchmark generate caller speech with espeak-ng (a voice unlike
-# the agent's Piper voice).
+# the agent's Piper voice); the browser tests drive Debian's chromium (never a
+# browser downloaded by Playwright).
 system-deps:
-	@scripts/ensure-apt.sh espeak-ng:espeak-ng
+	@scripts/ensure-apt.sh espeak-ng:espeak-ng chromium:chromium
 
 # The store's tests run against PostgreSQL on 127.0.0.1:5432 as well as SQLite.
 postgres:

@@ -34,8 +34,10 @@ def free_port() -> int:
 class ServerProcess:
     """``parley serve`` in a child process, on a free port, logging to ``log_path``."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, cwd: Path | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, env: dict[str, str], log_path: Path, cwd: Path | None = None, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         full_env = {**os.environ, **env, "PARLEY_SERVER__PORT": str(self.port)}

@@ -201,6 +201,11 @@ class VoiceSession:
     async def close(self) -> None:
         if self._closed:
             return
+        reply = self._reply
+        if reply is not None and reply.confirmed and reply.started_speaking:
+            # The connection went while the agent spoke: keep what the user heard, so a
+            # reconnect's history (and transcript) has it, as after any interruption.
+            self._barge_in(reason="disconnected")
         self._closed = True
         tasks = [t for t in (self._audio_task, self._endpoint) if t is not None]
         if self._reply is not None and self._reply.task is not None:
