@@ -1,7 +1,10 @@
-"""Voice-to-voice benchmark over the real WebSocket path, in real time.
+"""Voice-to-voice benchmark over the real WebSocket and WebRTC paths, in real time.
 
 voice-to-voice = arrival of the first agent audio frame louder than -40 dBFS minus the
-client's send time of the frame holding the user's last speech sample.
+client's send time of the frame holding the user's last speech sample. Over WebRTC the
+client is an aiortc peer (Opus both ways, as from a browser); "sent" is when its
+microphone track hands the frame to the Opus encoder, "arrival" when the decoded frame
+comes out of its receiver.
 
 Runs ``parley serve`` (the shipped parley.toml, embedded models) as a child process,
 speaks >= 8 generated caller utterances one turn at a time, then measures how many
@@ -25,6 +28,7 @@ import numpy as np
 
 from parley.client import CallClient
 from parley.testing import ServerProcess, caller_speech
+from parley.webrtc_client import WebRTCCallClient
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -50,12 +54,15 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 async def run_session(
-    url: str, utterances: list[str], start_delay: float = 0.0
+    url: str,
+    utterances: list[str],
+    start_delay: float = 0.0,
+    client: type[CallClient] = CallClient,
 ) -> list[dict[str, Any]]:
     """One caller: waits for the greeting, then says each utterance after the last reply."""
     await asyncio.sleep(start_delay)
     turns: list[dict[str, Any]] = []
-    async with CallClient(url) as call:
+    async with client(url) as call:
         spoke, _ = await call.wait_for(
             "agent.state", lambda e: e["state"] == "speaking", timeout=60
         )
@@ -138,6 +145,10 @@ def main() -> None:
     try:
         single_turns = asyncio.run(run_session(server.ws_url, UTTERANCES[: args.utterances]))
         single = summarize(single_turns)
+        webrtc_turns = asyncio.run(
+            run_session(server.http, UTTERANCES[: args.utterances], client=WebRTCCallClient)
+        )
+        webrtc = summarize(webrtc_turns)
         levels: dict[int, Any] = {}
         held = (
             1
@@ -164,6 +175,8 @@ def main() -> None:
         "machine": machine(),
         "single_session": single,
         "single_session_turns": single_turns,
+        "webrtc_single_session": webrtc,
+        "webrtc_single_session_turns": webrtc_turns,
         "concurrency": levels,
         "sessions_held_p95_le_1500ms": held,
     }
@@ -183,9 +196,18 @@ def main() -> None:
         print(
             f"  said: {t['said']!r}  heard: {t['heard']!r}  v2v: {t['client_voice_to_voice_ms']} ms"
         )
+    print(f"WebRTC (aiortc client, Opus), single session, {webrtc['turns']} turns (ms)")
+    for key in ["client_voice_to_voice_ms", *STAGES]:
+        row = webrtc[key]
+        print(f"  {key:<28}{row['p50']!s:>9}{row['p95']!s:>9}")
+    ws_row, rtc_row = single["client_voice_to_voice_ms"], webrtc["client_voice_to_voice_ms"]
+    print(
+        f"voice-to-voice p50/p95: WebSocket {ws_row['p50']}/{ws_row['p95']} ms, "
+        f"WebRTC {rtc_row['p50']}/{rtc_row['p95']} ms"
+    )
     print(f"concurrent sessions held with p95 <= {CONCURRENCY_P95_LIMIT_MS:.0f} ms: {held}")
     print(f"results: {out.relative_to(ROOT)}")
-    if single["turns"] < 8:
+    if single["turns"] < 8 or webrtc["turns"] < 8:
         sys.exit("fewer than 8 turns completed")
 
 

@@ -60,9 +60,7 @@ def chromium(tmp_path) -> Iterator:
                 args.append("--use-fake-ui-for-media-stream")
             if wav is not None:
                 args.append(f"--use-file-for-fake-audio-capture={wav}%noloop")
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, headless=True, args=args
-            )
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
             launched.append(browser)
             return browser.new_page()
 
@@ -81,9 +79,7 @@ def start_call(page, url: str) -> None:
 def wait_agent_reply(page, timeout_ms: int = 60_000) -> None:
     """A user turn (number >= 1) has a final transcript and an agent reply."""
     page.wait_for_selector("#transcript li.user .final", timeout=timeout_ms)
-    page.wait_for_selector(
-        "#transcript li.agent:not([data-turn='0']) .said", timeout=timeout_ms
-    )
+    page.wait_for_selector("#transcript li.agent:not([data-turn='0']) .said", timeout=timeout_ms)
 
 
 def words(text: str) -> set[str]:
@@ -180,3 +176,22 @@ def test_an_unreachable_server_gets_a_clear_message(server, chromium):
     page.check("#consent-check")
     page.click("#start")
     page.wait_for_selector("#banner:has-text('unreachable')", timeout=10_000)
+
+
+def test_an_expired_token_gets_a_clear_message(server, chromium, tmp_path):
+    """The server's answer to an expired token, as it words it, shown to the user (the
+    route replays the server's own 401 body: the page cannot wait ten minutes)."""
+    page = chromium(microphone_file(tmp_path, "Hello"))
+    page.goto(server.http)
+    page.route(
+        "**/webrtc",
+        lambda route: route.fulfill(
+            status=401,
+            content_type="application/json",
+            body='{"detail": "the session token has expired; refresh it"}',
+        ),
+    )
+    page.check("#consent-check")
+    page.click("#start")
+    page.wait_for_selector("#banner:has-text('Your session has expired')", timeout=10_000)
+    assert "the session token has expired" in page.inner_text("#banner")
