@@ -109,6 +109,7 @@ function onServerEvent(message) {
     case "turn.metrics":
       if (message.voice_to_voice_ms != null) {
         status.latencies.push(message.voice_to_voice_ms);
+        transcript.latency(message.turn_id, message.voice_to_voice_ms);
         ui.latency.textContent = `turn ${message.turn_id}: ${Math.round(message.voice_to_voice_ms)} ms voice-to-voice`;
       }
       break;

@@ -72,7 +72,19 @@ export class TranscriptView {
     const span = document.createElement("span");
     span.className = "said";
     span.textContent = `${text} `;
-    li.append(span);
+    li.insertBefore(span, li.querySelector(".latency"));
+  }
+
+  latency(turnId, ms) {
+    const li = this.#item(this.agentItems, turnId, "agent");
+    let badge = li.querySelector(".latency");
+    if (!badge) {
+      badge = document.createElement("span");
+      badge.className = "latency";
+      li.append(badge);
+    }
+    badge.textContent = `${Math.round(ms)} ms`;
+    badge.title = "voice-to-voice: your last word to the agent's first sound";
   }
 
   interrupted(turnId, heardText) {

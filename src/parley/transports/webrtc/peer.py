@@ -15,6 +15,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 from parley.config import WebRTCSettings
@@ -28,6 +29,7 @@ from parley.voice.session import SessionOverloaded, VoiceSession
 log = get_logger(__name__)
 
 CHANNEL_LABEL = "parley"
+_JITTER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"  # aiortc 1.16's private name
 MAX_CHANNEL_BUFFER = 4 * 1024 * 1024
 """Bytes of events the client has not taken yet: above it the client is not reading."""
 
@@ -121,7 +123,20 @@ class WebRTCPeer:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
+            self._tune_jitter_buffer(track)
             self._spawn(self._pump_microphone(track), "webrtc-mic")
+
+    def _tune_jitter_buffer(self, track: MediaStreamTrack) -> None:
+        """aiortc fixes its audio jitter buffer at 4 frames of prefetch and offers no
+        setting; the receiver is not yet receiving when its track is announced, so the
+        buffer can be swapped for one with ``webrtc.jitter_prefetch_frames``."""
+        frames = self.app.state.settings.webrtc.jitter_prefetch_frames
+        for transceiver in self.pc.getTransceivers():
+            receiver = transceiver.receiver
+            if receiver.track is track and hasattr(receiver, _JITTER_ATTRIBUTE):
+                setattr(receiver, _JITTER_ATTRIBUTE, JitterBuffer(capacity=16, prefetch=frames))
+                return
+        log.warning("cannot tune the jitter buffer of this aiortc version")
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label != CHANNEL_LABEL:
