@@ -52,7 +52,8 @@ def _serve(args: argparse.Namespace) -> None:
     configure_logging(settings.log_level, settings.log_redact)
     app = create_app(settings)
     print(
-        f"Parley: loading engines; then listening on http://{host}:{port}  (WebSocket ws://{host}:{port}/v1/ws)",
+        f"Parley: loading engines; then open http://{host}:{port}/ in a browser to talk "
+        f"(WebSocket: ws://{host}:{port}/v1/ws)",
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, ws_max_size=settings.server.ws_max_size, log_config=None)
