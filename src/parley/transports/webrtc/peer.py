@@ -29,6 +29,7 @@ from parley.voice.session import SessionOverloaded, VoiceSession
 log = get_logger(__name__)
 
 CHANNEL_LABEL = "parley"
+OPEN_DEADLINE_SECS = 30.0
 _JITTER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"  # aiortc 1.16's private name
 MAX_CHANNEL_BUFFER = 4 * 1024 * 1024
 """Bytes of events the client has not taken yet: above it the client is not reading."""
@@ -111,7 +112,14 @@ class WebRTCPeer:
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         description = self.pc.localDescription
         assert description is not None
+        self._spawn(self._expire_if_never_opened(), "webrtc-open-deadline")
         return description
+
+    async def _expire_if_never_opened(self) -> None:
+        # A client that took the answer and never connected must not hold a slot.
+        await asyncio.sleep(OPEN_DEADLINE_SECS)
+        if self.session is None:
+            await self.close("the data channel never opened")
 
     # ---- aiortc callbacks ----------------------------------------------------------------
 
