@@ -19,6 +19,7 @@ from parley import __version__
 from parley.config import Settings, load_settings
 from parley.engines import Engines, load_engines
 from parley.orchestration import Orchestrator
+from parley.orchestration.agent_actions import AgentActions
 from parley.orchestration.ledger import ToolLedger
 from parley.orchestration.tools import load_registry
 from parley.server.sessions_api import router as sessions_router
@@ -75,6 +76,12 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         app.state.orchestrator = (
             Orchestrator(structured, settings.agent.system_prompt, list(tools))
             if structured
+            else None
+        )
+        # With tools, the voice loop speaks envelopes and acts through the ledger too.
+        app.state.agent_actions = (
+            AgentActions(app.state.orchestrator, app.state.ledger)
+            if app.state.orchestrator is not None and len(tools)
             else None
         )
         try:

@@ -24,7 +24,12 @@ async def open_voice_session(app: Any, session_id: str, sink: SessionSink) -> Vo
     reconnect = await store.mark_connected(session_id)
     recorder = SessionRecorder(store, session_id)
     session = VoiceSession(
-        app.state.engines, app.state.settings, sink, session_id=session_id, recorder=recorder
+        app.state.engines,
+        app.state.settings,
+        sink,
+        session_id=session_id,
+        recorder=recorder,
+        actions=getattr(app.state, "agent_actions", None),
     )
     if reconnect:
         messages, last_turn = await store.conversation(session_id)

@@ -49,11 +49,23 @@ class SessionRecorder:
         self._open.discard(turn_id)
 
         async def write() -> None:
-            stored = self._turns.pop(turn_id, None)
+            stored = self._turns.get(turn_id)
             if stored is not None:
                 await self._store.transition(stored, state, result=result)
 
         self._queue.put_nowait(write)
+
+    async def stored_turn_id(self, turn_id: int) -> int | None:
+        """The stored id of voice turn ``turn_id`` (what the tool ledger keys on), once
+        the queued writes before this call are done; None if it was never stored."""
+        found: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+
+        async def write() -> None:
+            if not found.done():
+                found.set_result(self._turns.get(turn_id))
+
+        self._queue.put_nowait(write)
+        return await found
 
     def segment(self, turn_id: int, segment_id: int, text: str) -> None:
         async def write() -> None:

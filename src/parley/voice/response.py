@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,9 @@ class Reply:
     started_speaking: bool = False
     user_turn: Any = None
     """The session's record of the user turn this replies to (for metrics)."""
+    envelope: Any = None
+    """The action envelope this reply speaks (when the agent has tools)."""
+    envelope_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def confirmed(self) -> bool:
@@ -82,9 +85,13 @@ async def run_reply(
     sink: SessionSink,
     prompt: Sequence[ChatMessage] | None,
     script: str | None = None,
+    decide: Callable[[], Awaitable[Any]] | None = None,
     on_speaking: Callable[[Reply], None],
 ) -> None:
-    """Produce and play ``reply``. Raises EngineError or TimeoutError on failure."""
+    """Produce and play ``reply``. Raises EngineError or TimeoutError on failure.
+
+    ``decide``: ask for the whole action envelope (the agent has tools) instead of
+    streaming free text; its ``spoken_text`` is then what is said."""
     sentences: asyncio.Queue[object] = asyncio.Queue()
     clips: asyncio.Queue[object] = asyncio.Queue()
 
@@ -93,6 +100,18 @@ async def run_reply(
         if script is not None:
             reply.raw.append(script)
             for s in chunker.push(script) + chunker.flush():
+                sentences.put_nowait(s)
+            sentences.put_nowait(_DONE)
+            return
+        if decide is not None:
+            reply.metrics.llm_started = time.monotonic()
+            async with asyncio.timeout(settings.llm.timeout):
+                reply.envelope = await decide()
+            reply.metrics.llm_first_token = time.monotonic()
+            reply.envelope_ready.set()
+            text = reply.envelope.spoken_text
+            reply.raw.append(text)
+            for s in chunker.push(text) + chunker.flush():
                 sentences.put_nowait(s)
             sentences.put_nowait(_DONE)
             return

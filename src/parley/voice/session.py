@@ -12,7 +12,7 @@ import contextlib
 import time
 import uuid
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +21,8 @@ import numpy as np
 from parley.audio import pcm16_to_float
 from parley.config import Settings
 from parley.engines import EngineError, Engines, Transcript
+from parley.orchestration.agent_actions import AgentActions
+from parley.orchestration.envelope import ActionEnvelope
 from parley.store import TurnState
 from parley.telemetry import bind_session, bind_turn, get_logger
 from parley.voice.endpointing import text_says_complete
@@ -106,8 +108,11 @@ class VoiceSession:
         sink: SessionSink,
         session_id: str | None = None,
         recorder: SessionRecorder | None = None,
+        actions: AgentActions | None = None,
     ) -> None:
         self.session_id = session_id or uuid.uuid4().hex
+        self.actions = actions
+        """Set when the agent has tools: replies are envelopes, tools run via the ledger."""
         self.engines = engines
         self.settings = settings
         self.sink = sink
@@ -472,6 +477,9 @@ class VoiceSession:
         reply.user_turn = turn
         reply.open_gate()
         self._send_state("thinking")
+        if self.actions is not None:
+            # Only now: a draft (an unconfirmed reply) never acts.
+            self._spawn(self._act(reply))
 
     # ---- responding -------------------------------------------------------------------------
 
@@ -482,11 +490,28 @@ class VoiceSession:
         if confirmed:
             reply.open_gate()
         prompt = None if script is not None else self.history.prompt(pending_user=user_text)
+        decide = None
+        if self.actions is not None and user_text is not None:
+            actions, text = self.actions, user_text
+            window = self.settings.agent.max_history_messages
+            earlier = [(m.role, m.content) for m in self.history.messages][-window:]
+
+            def decide() -> Awaitable[ActionEnvelope]:
+                return actions.decide(earlier, text)
+
         self._reply = reply
-        reply.task = asyncio.create_task(self._run_reply(reply, prompt, script), name="reply")
+        reply.task = asyncio.create_task(
+            self._run_reply(reply, prompt, script, decide), name="reply"
+        )
         return reply
 
-    async def _run_reply(self, reply: Reply, prompt: Any, script: str | None) -> None:
+    async def _run_reply(
+        self,
+        reply: Reply,
+        prompt: Any,
+        script: str | None,
+        decide: Callable[[], Awaitable[ActionEnvelope]] | None = None,
+    ) -> None:
         try:
             await run_reply(
                 reply,
@@ -495,6 +520,7 @@ class VoiceSession:
                 sink=self.sink,
                 prompt=prompt,
                 script=script,
+                decide=decide,
                 on_speaking=self._on_speaking,
             )
         except asyncio.CancelledError:
@@ -511,9 +537,10 @@ class VoiceSession:
             self.history.add_assistant(reply.raw_text() or reply.full_text())
             self._prefill_next_turn()
             if self.recorder is not None:
-                self.recorder.turn_finished(
-                    reply.turn_id, TurnState.COMPLETED, {"spoken": reply.full_text()}
-                )
+                result: dict[str, Any] = {"spoken": reply.full_text()}
+                if reply.envelope is not None:
+                    result["envelope"] = reply.envelope.model_dump()
+                self.recorder.turn_finished(reply.turn_id, TurnState.COMPLETED, result)
         if self._reply is reply:
             self._reply = None
             self._send_state("listening")
@@ -634,6 +661,36 @@ class VoiceSession:
                 "turn.interrupted", reply.turn_id, {"reason": reason, "words": words}
             )
         self._send_state("listening")
+
+    async def _act(self, reply: Reply) -> None:
+        """Run the confirmed reply's tool calls through the ledger, beside its speech.
+        A barge-in stops the talking, not an action already decided (the next turn can
+        undo it); closing the session stops it."""
+        assert self.actions is not None and reply.task is not None
+        ready = asyncio.ensure_future(reply.envelope_ready.wait())
+        await asyncio.wait({ready, reply.task}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        envelope: ActionEnvelope | None = reply.envelope
+        if envelope is None:
+            return  # the reply failed before deciding: its error is reported already
+        extras = envelope.model_dump(exclude={"spoken_text"})
+        self.sink.send_event(event("agent.envelope", turn_id=reply.turn_id, **extras))
+        if not envelope.tool_calls:
+            return
+        stored = None
+        if self.recorder is not None:
+            stored = await self.recorder.stored_turn_id(reply.turn_id)
+        if stored is None:
+            self._send_error("tools_not_run", "the turn could not be stored", reply.turn_id)
+            return
+        for call in envelope.tool_calls:  # in order: a later call may depend on an earlier
+            outcome = await self.actions.ledger.run(stored, call)
+            details = {"call_id": call.id, "tool": call.name, "status": outcome.status}
+            self.sink.send_event(
+                event("tool.result", turn_id=reply.turn_id, result=outcome.result, **details)
+            )
+            if self.recorder is not None:
+                self.recorder.event("tool.result", reply.turn_id, details)
 
     def _adopt_overlap(self) -> None:
         """The agent finished while the user was talking over it: that speech is a new turn."""
