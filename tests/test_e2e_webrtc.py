@@ -38,6 +38,13 @@ async def test_a_turn_over_webrtc(server, caller):
         await call.send_json({"type": "handoff", "reason": "wants a person"})
         _, handoff = await call.wait_for("handoff.requested")
         assert handoff["reason"] == "wants a person"
+        await call.send_json({"type": "mute"})
+        await call.send_json({"type": "status"})
+        _, status = await call.wait_for("session.status")
+        assert status["muted"] is True and status["turns"] >= 1
+        await call.send_json({"type": "unmute"})
+        await call.send_json({"type": "status"})
+        _, status = await call.wait_for("session.status", lambda e: e["muted"] is False)
         await call.send_json({"type": "launch"})
         _, error = await call.wait_for("error", lambda e: e["code"] == "unknown_message_type")
         assert "handoff" in error["message"]
