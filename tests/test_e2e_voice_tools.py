@@ -5,8 +5,6 @@ once, even though preemptive drafts may ask the model more than once."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -15,6 +13,7 @@ import pytest
 from fake_llm_provider import ProviderScript, fake_provider
 from parley.client import CallClient
 from parley.testing import ServerProcess
+from webhooks import webhook_recorder
 
 pytestmark = pytest.mark.e2e
 
@@ -31,26 +30,8 @@ ENVELOPE = json.dumps(
 
 @pytest.fixture
 def bookings() -> Any:
-    seen: list[tuple[str, dict[str, Any]]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            seen.append((self.headers["Idempotency-Key"], body))
-            payload = json.dumps({"confirmation": f"T-{len(seen)}"}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/book", seen
-    server.shutdown()
+    with webhook_recorder(lambda seen: {"confirmation": f"T-{len(seen)}"}) as (base, seen):
+        yield f"{base}/book", seen
 
 
 async def test_voice_turn_speaks_the_envelope_and_books_once(tmp_path, caller, bookings):

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -15,6 +13,7 @@ from parley.orchestration.envelope import ToolCall
 from parley.orchestration.ledger import ToolLedger
 from parley.orchestration.tools import ToolRegistry
 from parley.store import Store
+from webhooks import webhook_recorder
 
 BOOKING = {
     "type": "object",
@@ -103,31 +102,10 @@ async def test_a_call_whose_run_died_is_never_run_again(store: Store):
     assert outcome.status == "unknown" and outcome.replayed and calls == []
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    seen: ClassVar[list[tuple[str, dict[str, Any]]]] = []
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.seen.append((self.headers["Idempotency-Key"], body))
-        payload = json.dumps({"booked": True}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def webhook_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    _Recorder.seen = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/book", _Recorder.seen
-    server.shutdown()
+    with webhook_recorder(lambda seen: {"booked": True}) as (base, seen):
+        yield f"{base}/hooks/book", seen
 
 
 async def test_webhook_tool_is_called_once_with_the_idempotency_key(store: Store, webhook_server):

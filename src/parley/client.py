@@ -87,13 +87,16 @@ class CallClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._stop_tasks()
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def _stop_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(BaseException):
                 await task
-        if self._ws is not None:
-            await self._ws.close()
 
     @property
     def ws(self) -> ClientConnection:

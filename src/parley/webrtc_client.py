@@ -6,15 +6,12 @@ as from a browser. Used by the benchmark and the tests."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fractions
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import av
 import httpx
-import numpy as np
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -26,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE
 from parley.client import CallClient, ReceivedAudio, create_session, http_base
-from parley.transports.webrtc.tracks import InboundResampler
+from parley.transports.webrtc.tracks import InboundResampler, pcm_frame
 
 
 class _MicrophoneTrack(MediaStreamTrack):
@@ -49,14 +46,7 @@ class _MicrophoneTrack(MediaStreamTrack):
         else:
             self._pts += FRAME_SAMPLES
             await asyncio.sleep(max(0.0, self._start + self._pts / SAMPLE_RATE - loop.time()))
-        pcm = self._client.next_mic_frame(loop.time())
-        frame = av.AudioFrame.from_ndarray(
-            np.frombuffer(pcm, dtype="<i2").reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        return frame
+        return pcm_frame(self._client.next_mic_frame(loop.time()), self._pts)
 
 
 @dataclass
@@ -97,11 +87,7 @@ class WebRTCCallClient(CallClient):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await self._stop_tasks()
         if self._pc is not None:
             await self._pc.close()
 

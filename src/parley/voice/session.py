@@ -8,7 +8,6 @@ event loop; every model call goes through an engine, which runs it off the loop.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import deque
@@ -36,6 +35,10 @@ from parley.voice.segmenter import SpeechEdge, SpeechSegmenter
 log = get_logger(__name__)
 
 TURN_AUDIO_SECS = 8.0  # Smart Turn reads the last 8 s
+
+
+CLOSE_TIMEOUT_SECS = 5.0
+"""How long closing waits for the session's cancelled tasks to end."""
 
 
 class SessionOverloaded(RuntimeError):
@@ -218,9 +221,18 @@ class VoiceSession:
         tasks.extend(self._tasks)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if tasks:
+            # Bounded: a task that does not end when cancelled must not keep the session
+            # (and its record) open forever; it is named in the log instead.
+            done, stuck = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_SECS)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved: it was logged where it happened
+            if stuck:
+                log.error(
+                    "tasks still running after close",
+                    tasks=[getattr(t.get_coro(), "__qualname__", t.get_name()) for t in stuck],
+                )
         if self.recorder is not None:
             await self.recorder.close()
         log.info("session closed", turns=self._turn_count)

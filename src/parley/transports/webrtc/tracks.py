@@ -19,6 +19,17 @@ FRAME_SECS = FRAME_SAMPLES / SAMPLE_RATE
 SILENCE = bytes(FRAME_SAMPLES * 2)
 
 
+def pcm_frame(pcm: bytes, pts: int) -> av.AudioFrame:
+    """PCM16LE mono 16 kHz as an ``av.AudioFrame`` stamped ``pts`` (in samples)."""
+    frame = av.AudioFrame.from_ndarray(
+        np.frombuffer(pcm, dtype="<i2").reshape(1, -1), format="s16", layout="mono"
+    )
+    frame.sample_rate = SAMPLE_RATE
+    frame.pts = pts
+    frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+    return frame
+
+
 class AgentAudioTrack(MediaStreamTrack):
     """The agent's voice as an outbound track: 20 ms PCM16 16 kHz frames from the voice
     loop's paced playout, silence between replies (Opus needs a steady stream).
@@ -54,14 +65,7 @@ class AgentAudioTrack(MediaStreamTrack):
             delay = self._start + self._pts / SAMPLE_RATE - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        pcm = self._frames.popleft() if self._frames else SILENCE
-        frame = av.AudioFrame.from_ndarray(
-            np.frombuffer(pcm, dtype="<i2").reshape(1, -1), format="s16", layout="mono"
-        )
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
-        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
-        return frame
+        return pcm_frame(self._frames.popleft() if self._frames else SILENCE, self._pts)
 
 
 class InboundResampler:
