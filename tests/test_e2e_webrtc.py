@@ -45,6 +45,14 @@ async def test_a_turn_over_webrtc(server, caller):
         await call.send_json({"type": "unmute"})
         await call.send_json({"type": "status"})
         _, status = await call.wait_for("session.status", lambda e: e["muted"] is False)
+        # Bad input on the data channel: a clear error each, and the session goes on.
+        assert call._channel is not None
+        call._channel.send(b"\x00\x01")
+        await call.wait_for("error", lambda e: e["code"] == "invalid_message")
+        call._channel.send("x" * 9000)
+        await call.wait_for("error", lambda e: e["code"] == "message_too_large")
+        call._channel.send("{not json")
+        await call.wait_for("error", lambda e: e["code"] == "invalid_json")
         await call.send_json({"type": "launch"})
         _, error = await call.wait_for("error", lambda e: e["code"] == "unknown_message_type")
         assert "handoff" in error["message"]
