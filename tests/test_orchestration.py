@@ -219,3 +219,17 @@ async def test_a_turn_left_by_a_dead_process_resumes_from_its_checkpoint(tool_ap
     assert r.status_code == 200 and r.json()["state"] == "completed"
     assert [t["status"] for t in r.json()["tool_results"]] == ["succeeded", "unknown"]
     assert llm.calls == 0 and booking_tools.BOOKINGS == []
+
+
+def test_loading_tools_leaves_the_modules_registry_as_it_was():
+    """Two apps in one process (tests, workers) each load the agent's tools: the
+    module's registry is copied, so the webhooks are not added to it twice."""
+    import booking_tools
+    from parley.config import WebhookToolSettings
+    from parley.orchestration.tools import load_registry
+
+    hooks = [WebhookToolSettings(name="notify", url="http://127.0.0.1:9/notify")]
+    first = load_registry("booking_tools:registry", hooks)
+    second = load_registry("booking_tools:registry", hooks)
+    assert [t.name for t in first] == [t.name for t in second] == ["book_table", "notify"]
+    assert [t.name for t in booking_tools.registry] == ["book_table"]

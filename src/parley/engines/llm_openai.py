@@ -12,9 +12,6 @@ import httpx
 
 from parley.config import LLMSettings
 from parley.engines.base import ChatMessage, EngineError
-from parley.telemetry import get_logger
-
-log = get_logger(__name__)
 
 
 class OpenAICompatibleLLM:

@@ -123,7 +123,10 @@ def load_registry(
         found = getattr(importlib.import_module(module_name), attribute or "registry", None)
         if not isinstance(found, ToolRegistry):
             raise ValueError(f"agent.tools_module {tools_module!r} is not a ToolRegistry")
-        registry = found
+        # Copied, not extended: the module's registry is shared by every app built in
+        # this process, and adding the webhooks to it twice would fail.
+        for tool in found:
+            registry.add(tool)
     for hook in webhooks:
         registry.webhook(
             hook.name,

@@ -100,6 +100,13 @@ def authorize(request: Request, session_id: str, authorization: str | None) -> S
         raise HTTPException(exc.status, exc.message) from exc
 
 
+async def require_session(request: Request, session_id: str) -> None:
+    """404 unless the session exists (its token may outlive it: DELETE erases it)."""
+    store: Store = request.app.state.store
+    if await store.get_session(session_id) is None:
+        raise HTTPException(404, f"unknown session {session_id}")
+
+
 @router.post("", status_code=201, response_model=TokenOut)
 async def create_session(body: CreateSession, request: Request) -> TokenOut:
     """Create the server-side session record and a short-lived user token for it."""
@@ -183,9 +190,8 @@ async def session_timeline(
     """The session's persisted record: turns with every state transition, final
     transcript segments and timeline events (no audio)."""
     authorize(request, session_id, authorization)
+    await require_session(request, session_id)
     store: Store = request.app.state.store
-    if await store.get_session(session_id) is None:
-        raise HTTPException(404, f"unknown session {session_id}")
     turns = []
     for turn in await store.turns(session_id):
         transitions = await store.transitions(turn.id)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from parley.orchestration import ActionEnvelope, OrchestrationError, Orchestrator
 from parley.orchestration.envelope import FALLBACK
 from parley.orchestration.ledger import ToolLedger
-from parley.server.sessions_api import AUTH_RESPONSES, authorize
+from parley.server.sessions_api import AUTH_RESPONSES, authorize, require_session
 from parley.store import Store, TurnState
 from parley.store.models import Turn
 from parley.telemetry import get_logger
@@ -81,8 +81,7 @@ async def create_turn(
     orchestrator: Orchestrator | None = request.app.state.orchestrator
     if orchestrator is None:
         raise HTTPException(503, "the configured LLM cannot produce structured replies")
-    if await store.get_session(session_id) is None:
-        raise HTTPException(404, f"unknown session {session_id}")
+    await require_session(request, session_id)
     await store.begin_turn(session_id, body.idempotency_key, user_text=body.text)
     owner: str = request.app.state.instance_id
     lease: float = request.app.state.settings.server.turn_lease_secs

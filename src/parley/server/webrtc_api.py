@@ -12,7 +12,7 @@ from typing import Literal
 from fastapi import APIRouter, Header, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from parley.server.sessions_api import AUTH_RESPONSES, authorize
+from parley.server.sessions_api import AUTH_RESPONSES, authorize, require_session
 from parley.telemetry import get_logger
 from parley.transports.webrtc.peer import WebRTCPeer
 
@@ -55,9 +55,8 @@ async def webrtc_offer(
     granted = authorize(request, session_id, authorization)
     if granted.role != "user":
         raise HTTPException(403, f"a {granted.role} token cannot connect the user's audio")
+    await require_session(request, session_id)
     app = request.app
-    if await app.state.store.get_session(session_id) is None:
-        raise HTTPException(404, f"unknown session {session_id}")
     peers: dict[str, WebRTCPeer] = app.state.webrtc_peers
     previous = peers.pop(session_id, None)
     if previous is not None:

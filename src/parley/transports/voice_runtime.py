@@ -19,6 +19,7 @@ async def open_voice_session(app: Any, session_id: str, sink: SessionSink) -> Vo
     """A VoiceSession for ``session_id`` talking to ``sink``; on a reconnect the
     conversation is restored from the database (not from the client's memory) and the
     recovery time recorded. The caller starts it and must :func:`close_voice_session`."""
+    bind_session(session_id)  # before anything below logs
     store = app.state.store
     started = time.monotonic()
     reconnect = await store.mark_connected(session_id)
@@ -40,7 +41,6 @@ async def open_voice_session(app: Any, session_id: str, sink: SessionSink) -> Vo
         )
         log.info("session resumed", messages=len(messages), recovery_ms=recovery_ms)
     app.state.sessions[id(session)] = session
-    bind_session(session_id)
     return session
 
 

@@ -8,6 +8,7 @@ event loop; every model call goes through an engine, which runs it off the loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections import deque
@@ -504,13 +505,9 @@ class VoiceSession:
         prompt = None if script is not None else self.history.prompt(pending_user=user_text)
         decide = None
         if self.actions is not None and user_text is not None:
-            actions, text = self.actions, user_text
             window = self.settings.agent.max_history_messages
             earlier = [(m.role, m.content) for m in self.history.messages][-window:]
-
-            def decide() -> Awaitable[ActionEnvelope]:
-                return actions.decide(earlier, text)
-
+            decide = functools.partial(self.actions.decide, earlier, user_text)
         self._reply = reply
         reply.task = asyncio.create_task(
             self._run_reply(reply, prompt, script, decide), name="reply"

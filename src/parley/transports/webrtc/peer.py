@@ -19,7 +19,7 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 from parley.config import WebRTCSettings
-from parley.telemetry import bind_session, get_logger
+from parley.telemetry import get_logger
 from parley.transports.control import apply_control
 from parley.transports.voice_runtime import close_voice_session, open_voice_session
 from parley.transports.webrtc.tracks import AgentAudioTrack, InboundResampler
@@ -175,7 +175,6 @@ class WebRTCPeer:
     # ---- the session -----------------------------------------------------------------------
 
     async def _start_session(self) -> None:
-        bind_session(self.session_id)
         self.session = await open_voice_session(self.app, self.session_id, self.sink)
         if self.closed.is_set() or self._closing is not None:
             await close_voice_session(self.app, self.session)
