@@ -84,3 +84,13 @@ async def test_playout_is_paced_and_knows_what_was_heard():
     assert 3 <= len(heard) <= 7, heard
     assert 20 <= len(sink.frames) <= 30
     assert all(len(f) == 640 for f in sink.frames)
+
+
+def test_a_transcript_without_a_word_is_empty():
+    from parley.engines.stt_whisper import clean_transcript
+
+    assert clean_transcript(" .") == ""
+    assert clean_transcript("...") == ""
+    assert clean_transcript("[Music] ♪") == ""
+    assert clean_transcript(" Hello, there.") == "Hello, there."
+    assert clean_transcript("7.") == "7."

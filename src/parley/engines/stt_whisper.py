@@ -29,7 +29,10 @@ def default_model_path() -> Path:
 
 
 def clean_transcript(text: str) -> str:
-    return " ".join(_NON_SPEECH.sub(" ", text).split())
+    """Whisper's text without non-speech markers; "" when no word is left (a lone "." or
+    "..." for a hum or a breath would otherwise make a turn with nothing said in it)."""
+    cleaned = " ".join(_NON_SPEECH.sub(" ", text).split())
+    return cleaned if any(c.isalnum() for c in cleaned) else ""
 
 
 class WhisperSTT:

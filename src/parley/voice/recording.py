@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,7 +25,10 @@ class SessionRecorder:
     def __init__(self, store: Store, session_id: str) -> None:
         self._store = store
         self._session_id = session_id
-        self._turns: dict[int, int] = {}  # voice turn id -> stored turn id (set by the writes)
+        # voice turn id -> the stored turn's id and number (set by the writes, once the
+        # turn is stored as this turn: never an older turn's row)
+        self._turns: dict[int, int] = {}
+        self._seqs: dict[int, int] = {}
         self._open: set[int] = set()  # turns started and not finished (set by the callers)
         self._queue: asyncio.Queue[Write | None] = asyncio.Queue()
         self._worker = asyncio.create_task(self._drain(), name="recorder")
@@ -33,13 +37,22 @@ class SessionRecorder:
 
     def turn_started(self, turn_id: int, text: str) -> None:
         self._open.add(turn_id)
+        # A key of its own for every voice turn: the loop's numbers are reused (a dropped
+        # turn gives its number to the next) and restart from the store's on a reconnect,
+        # so a key built from them could name an older turn and replay its result.
+        key = f"voice-{uuid.uuid4().hex}"
 
         async def write() -> None:
-            turn, _ = await self._store.begin_turn(
-                self._session_id, f"voice-turn-{turn_id}", user_text=text
-            )
-            self._turns[turn_id] = turn.id
+            turn, created = await self._store.begin_turn(self._session_id, key, user_text=text)
+            if not created:  # cannot happen with a fresh key; never adopt another turn
+                raise RuntimeError(f"idempotency key {key} already used")
             await self._store.transition(turn.id, TurnState.PROCESSING)
+            self._turns[turn_id] = turn.id
+            self._seqs[turn_id] = turn.seq
+            if turn.seq != turn_id:
+                # Only when other turns (the HTTP endpoint's) were stored in this session
+                # meanwhile: the record keeps the store's number.
+                log.warning("voice turn stored under another number", turn_id=turn_id, seq=turn.seq)
 
         self._queue.put_nowait(write)
 
@@ -69,13 +82,19 @@ class SessionRecorder:
 
     def segment(self, turn_id: int, segment_id: int, text: str) -> None:
         async def write() -> None:
-            await self._store.add_segment(self._session_id, turn_id, segment_id, text)
+            seq = self._seqs.get(turn_id)
+            if seq is None:
+                log.warning("recorder: segment of a turn never stored", turn_id=turn_id)
+                return
+            await self._store.add_segment(self._session_id, seq, segment_id, text)
 
         self._queue.put_nowait(write)
 
     def event(self, stage: str, turn_id: int | None, data: dict[str, Any]) -> None:
         async def write() -> None:
-            await self._store.add_timeline(self._session_id, stage, turn_seq=turn_id, data=data)
+            seq = None if turn_id is None else self._seqs.get(turn_id)
+            stored = data if seq is not None or turn_id is None else {**data, "voice_turn": turn_id}
+            await self._store.add_timeline(self._session_id, stage, turn_seq=seq, data=stored)
 
         self._queue.put_nowait(write)
 

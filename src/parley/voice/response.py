@@ -8,7 +8,6 @@ Cancelling the reply's task stops the LLM and TTS at once.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +23,14 @@ from parley.voice.playout import AudioPlayout
 _DONE = object()
 
 
+def _now() -> float:
+    # The voice loop's one clock (see SessionCore._now).
+    return asyncio.get_running_loop().time()
+
+
 @dataclass
 class ReplyMetrics:
-    """Monotonic times (the event loop's clock) of each step of a reply."""
+    """Loop times (the voice loop's one clock) of each step of a reply."""
 
     llm_started: float | None = None
     llm_first_token: float | None = None
@@ -104,10 +108,10 @@ async def run_reply(
             sentences.put_nowait(_DONE)
             return
         if decide is not None:
-            reply.metrics.llm_started = time.monotonic()
+            reply.metrics.llm_started = _now()
             async with asyncio.timeout(settings.llm.timeout):
                 reply.envelope = await decide()
-            reply.metrics.llm_first_token = time.monotonic()
+            reply.metrics.llm_first_token = _now()
             reply.envelope_ready.set()
             text = reply.envelope.spoken_text
             reply.raw.append(text)
@@ -116,13 +120,13 @@ async def run_reply(
             sentences.put_nowait(_DONE)
             return
         assert prompt is not None
-        reply.metrics.llm_started = time.monotonic()
+        reply.metrics.llm_started = _now()
         stream = engines.llm.stream_chat(prompt)
         try:
             async with asyncio.timeout(settings.llm.timeout):
                 async for delta in stream:
                     if reply.metrics.llm_first_token is None:
-                        reply.metrics.llm_first_token = time.monotonic()
+                        reply.metrics.llm_first_token = _now()
                     reply.raw.append(delta)
                     for s in chunker.push(delta):
                         sentences.put_nowait(s)
@@ -140,13 +144,13 @@ async def run_reply(
         while (text := await sentences.get()) is not _DONE:
             assert isinstance(text, str)
             if reply.metrics.tts_started is None:
-                reply.metrics.tts_started = time.monotonic()
+                reply.metrics.tts_started = _now()
             parts: list[np.ndarray] = []
             stream = engines.tts.synthesize(text)
             try:
                 async for audio in stream:
                     if reply.metrics.tts_first_audio is None:
-                        reply.metrics.tts_first_audio = time.monotonic()
+                        reply.metrics.tts_first_audio = _now()
                     parts.append(audio)
             finally:
                 reply.first_audio.set()  # the LLM may go on, whether this clip worked or not

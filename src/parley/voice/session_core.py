@@ -1,0 +1,152 @@
+"""The state one voice conversation shares between its jobs, and the small helpers they
+all use. Each job lives in a module of its own (listening, turn_ending, replying,
+barge_in, acting) as a mixin over :class:`SessionCore`; :class:`VoiceSession` joins them.
+
+The stubs at the bottom are the calls one job makes into another: declared here so each
+module type-checks on its own and the graph of calls between jobs is written down once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+
+import numpy as np
+
+from parley.config import Settings
+from parley.engines import Engines
+from parley.orchestration.agent_actions import AgentActions
+from parley.telemetry import get_logger
+from parley.voice.events import AgentState, SessionSink, event
+from parley.voice.history import ConversationHistory
+from parley.voice.recording import SessionRecorder
+from parley.voice.response import Reply
+from parley.voice.segmenter import SpeechSegmenter
+from parley.voice.turns import Segment, UserTurn
+
+log = get_logger(__name__)
+
+
+class SessionCore:
+    def __init__(
+        self,
+        engines: Engines,
+        settings: Settings,
+        sink: SessionSink,
+        session_id: str | None = None,
+        recorder: SessionRecorder | None = None,
+        actions: AgentActions | None = None,
+    ) -> None:
+        self.session_id = session_id or uuid.uuid4().hex
+        self.actions = actions
+        """Set when the agent has tools: replies are envelopes, tools run via the ledger."""
+        self.engines = engines
+        self.settings = settings
+        self.sink = sink
+        self.recorder = recorder
+        self.history = ConversationHistory(
+            settings.agent.system_prompt, settings.agent.max_history_messages
+        )
+        self.state: AgentState = "listening"
+        self._vad = engines.vad.stream()
+        self._window = self._vad.window_samples
+        self._window_secs = self._window / 16_000
+        self._segmenter = SpeechSegmenter(settings.vad, self._window_secs)
+        preroll = max(1, round(settings.vad.preroll_secs / self._window_secs))
+        self._recent: deque[np.ndarray] = deque(maxlen=preroll)
+        self._inbound: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1_000)
+        self._segment: Segment | None = None
+        self._segment_count = 0
+        self._overlaps: list[Segment] = []
+        """Segments begun while a confirmed reply was active whose fate is open: the
+        current one, and stopped ones whose barge-in check is still running."""
+        self._turn: UserTurn | None = None
+        self._turn_count = 0
+        """Confirmed turns (restored ones included): the last turn number given out."""
+        self._reply: Reply | None = None
+        self._endpoint: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._muted = False
+        self._closed = False
+        self._restored = False
+        self._audio_task: asyncio.Task[None] | None = None
+
+    # ---- helpers every job uses ---------------------------------------------------------
+
+    @staticmethod
+    def _now() -> float:
+        """The one clock of the voice loop: the event loop's (uvloop's differs from
+        ``time.monotonic()``), for every mark, delay and metric."""
+        return asyncio.get_running_loop().time()
+
+    def _current_turn_id(self) -> int:
+        return self._turn.turn_id if self._turn is not None else self._turn_count + 1
+
+    def _send_state(self, state: AgentState) -> None:
+        if state != self.state:
+            self.state = state
+            self.sink.send_event(event("agent.state", state=state))
+
+    def _send_error(self, code: str, message: str, turn_id: int | None = None) -> None:
+        self.sink.send_event(event("error", code=code, message=message, turn_id=turn_id))
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """A task of this session: cancelled when it closes, and never failing unseen."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        # A bug, not an engine failure (those are handled where they happen): log it
+        # with its traceback and tell the client, but keep the conversation going.
+        name = getattr(task.get_coro(), "__qualname__", task.get_name())
+        log.error("session task failed", task=name, error=repr(exc), exc_info=exc)
+        if not self._closed:
+            self._send_error("internal_error", f"{name} failed: {exc!r}")
+
+    # ---- calls between the jobs (implemented by the mixins) -----------------------------
+
+    def _ensure_turn(self, seed: list[np.ndarray]) -> UserTurn:
+        raise NotImplementedError
+
+    def _segment_ended(self, seg: Segment, last_speech_at: float) -> None:
+        raise NotImplementedError
+
+    def _endpointing(self, turn: UserTurn) -> Coroutine[Any, Any, None]:
+        raise NotImplementedError
+
+    def _preempt(self, turn: UserTurn, text: str) -> None:
+        raise NotImplementedError
+
+    def _start_reply(
+        self, turn_id: int, user_text: str | None, *, script: str | None = None, confirmed: bool
+    ) -> Reply:
+        raise NotImplementedError
+
+    def _discard_reply(self, reply: Reply) -> None:
+        raise NotImplementedError
+
+    def _prefill_next_turn(self) -> None:
+        raise NotImplementedError
+
+    def _check_barge_in(self, seg: Segment) -> Coroutine[Any, Any, bool]:
+        raise NotImplementedError
+
+    def _barge_in(self, *, reason: str, words: int = 0) -> None:
+        raise NotImplementedError
+
+    def _adopt_overlaps(self) -> None:
+        raise NotImplementedError
+
+    def _act(self, reply: Reply) -> Coroutine[Any, Any, None]:
+        raise NotImplementedError

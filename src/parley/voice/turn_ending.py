@@ -1,0 +1,111 @@
+"""Ending the user's turn: after a pause, decide whether they have finished (Smart Turn on
+the audio, the text hint on the words), draft the reply early, and confirm the turn."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from parley.telemetry import get_logger
+from parley.voice.endpointing import text_says_complete
+from parley.voice.events import event
+from parley.voice.session_core import SessionCore
+from parley.voice.turns import UserTurn
+
+log = get_logger(__name__)
+
+
+class TurnEnding(SessionCore):
+    async def _endpointing(self, turn: UserTurn) -> None:
+        cfg = self.settings.turn
+        await asyncio.sleep(max(0.0, turn.last_speech_at + cfg.min_endpointing_delay - self._now()))
+        # The transcription first: it is on the path to the reply's first word, and on
+        # two cores the end-of-turn model beside it would slow it; this only gates playback.
+        await turn.transcribed()
+        started = turn.marks["eou_started"] = self._now()
+        try:
+            probability = await self.engines.eou.completion_probability(
+                np.concatenate(list(turn.audio))
+            )
+        except Exception as exc:
+            self._send_error("eou_error", str(exc), turn.turn_id)
+            probability = 1.0 if cfg.max_endpointing_delay == 0 else 0.0
+        turn.marks["eou_done"] = self._now()
+        turn.eou_model_ms = (turn.marks["eou_done"] - started) * 1000
+        turn.eou_probability = probability
+        # Every segment is transcribed by now: new segments only come with new speech,
+        # which cancels this task.
+        complete = probability >= cfg.eou_threshold
+        if cfg.use_text_hint:
+            complete = text_says_complete(turn.text, probability, cfg.eou_threshold)
+        if not complete:
+            await asyncio.sleep(
+                max(0.0, turn.last_speech_at + cfg.max_endpointing_delay - self._now())
+            )
+        if self._endpoint is asyncio.current_task():
+            self._endpoint = None
+        self._confirm_turn(turn)
+
+    def _preempt(self, turn: UserTurn, text: str) -> None:
+        """Draft the reply to ``text`` while the end-of-turn decision is pending."""
+        if not self.settings.turn.preemptive_generation or self._turn is not turn or not text:
+            return
+        if self._reply is not None:
+            if self._reply.turn_id == turn.turn_id and self._reply.user_text == text:
+                return
+            self._discard_reply(self._reply)
+        self._start_reply(turn.turn_id, text, confirmed=False)
+
+    def _confirm_turn(self, turn: UserTurn) -> None:
+        if self._turn is turn:
+            self._turn = None
+        text = turn.text
+        if not text:
+            # Its number is not used up: the next turn takes it (numbers stay continuous
+            # with the stored turns, which never see a word-less turn).
+            log.info("turn dropped: no words", turn_id=turn.turn_id)
+            return
+        self._turn_count = turn.turn_id
+        turn.confirmed_at = turn.marks["confirmed"] = self._now()
+        self.sink.send_event(
+            event(
+                "turn.ended",
+                turn_id=turn.turn_id,
+                text=text,
+                eou_probability=None
+                if turn.eou_probability is None
+                else round(turn.eou_probability, 3),
+            )
+        )
+        log.info("turn ended", turn_id=turn.turn_id, text=text)
+        self._record_turn(turn)
+        if self.recorder is not None:
+            self.recorder.event(
+                "turn.ended",
+                turn.turn_id,
+                {"eou_probability": turn.eou_probability, "segments": len(turn.texts)},
+            )
+        reply = self._reply
+        if reply is None or reply.turn_id != turn.turn_id or reply.user_text != text:
+            if reply is not None:
+                self._discard_reply(reply)
+            reply = self._start_reply(turn.turn_id, text, confirmed=False)
+        self.history.add_user(text)
+        reply.user_turn = turn
+        reply.open_gate()
+        self._send_state("thinking")
+        if self.actions is not None:
+            # Only now: a draft (an unconfirmed reply) never acts.
+            self._spawn(self._act(reply))
+
+    def _record_turn(self, turn: UserTurn) -> None:
+        """Store a turn the user finished (or, at close, began): the turn, then its final
+        segments — only now, so a word-less or never-confirmed turn leaves no trace under a
+        number another turn will take."""
+        if self.recorder is None:
+            return
+        self.recorder.turn_started(turn.turn_id, turn.text)
+        for index, text in sorted(turn.texts.items()):
+            if text:
+                self.recorder.segment(turn.turn_id, index, text)

@@ -1,0 +1,76 @@
+"""What the voice loop knows about the user's speech: segments and the turn they form."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from parley.engines import Transcript
+
+TURN_AUDIO_SECS = 8.0  # Smart Turn reads the last 8 s
+
+
+@dataclass
+class Segment:
+    """One stretch of user speech (with pre-roll), from VAD start to VAD stop."""
+
+    index: int
+    audio: list[np.ndarray]
+    overlap: bool
+    """Began while the agent was replying: a barge-in candidate, not yet part of a turn."""
+    last_partial_secs: float = 0.0
+    check: asyncio.Task[bool] | None = None
+    last_check_secs: float = 0.0
+    stopped: bool = False
+    stopped_at: float = 0.0
+    """Loop time of the segment's last speech (set when it stops)."""
+    early: asyncio.Task[Transcript | None] | None = None
+    """Transcription started at the first silence, valid while the silence lasts."""
+
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
+
+
+@dataclass
+class UserTurn:
+    turn_id: int
+    """Provisional while the user speaks: the next number after the last confirmed turn.
+    A turn dropped for having no words gives its number to the next one, so confirmed
+    turns are numbered 1, 2, 3… like the stored ones (see SessionRecorder)."""
+    audio: deque[np.ndarray]
+    texts: dict[int, str] = field(default_factory=dict)
+    finals: set[asyncio.Task[None]] = field(default_factory=set)
+    last_speech_at: float = 0.0
+    stt_ms: float | None = None
+    eou_model_ms: float | None = None
+    eou_probability: float | None = None
+    confirmed_at: float | None = None
+    drafts_discarded: int = 0
+    """Replies drafted on this turn then dropped because the user went on speaking."""
+    early_finals_discarded: int = 0
+    marks: dict[str, float] = field(default_factory=dict)
+    """Loop times of the turn's steps, for the timeline in turn.metrics."""
+
+    @property
+    def text(self) -> str:
+        return self.text_with()
+
+    async def transcribed(self) -> None:
+        """Wait for every segment's final transcription.
+
+        ``asyncio.wait``, not ``gather``: the endpointing task that waits here is cancelled
+        whenever the user resumes speaking, and gather would cancel the transcriptions with
+        it — the turn would then never end (seen in CI as a session that went deaf).
+        """
+        if self.finals:
+            await asyncio.wait(set(self.finals))
+
+    def text_with(self, index: int | None = None, text: str = "") -> str:
+        """The turn's transcript, segments in order, optionally with one segment replaced."""
+        texts = dict(self.texts)
+        if index is not None:
+            texts[index] = text
+        return " ".join(t for _, t in sorted(texts.items()) if t)

@@ -1,0 +1,368 @@
+"""The voice loop's listening, barge-in and reply bookkeeping, driven window by window with
+scripted engines: which speech joins which turn, which tasks are cancelled, what the
+client is told. Nothing here depends on wall-clock timing: the VAD is fed windows
+directly, endpointing delays are zero, and every model call the test needs to hold is
+held on an event the test releases."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+
+from parley.config import Settings
+from parley.engines import ChatMessage, EngineError, Engines, Transcript
+from parley.voice.session import VoiceSession
+
+WINDOW = 512
+WORDS = {1: "no wait", 2: "the other day", 3: "hello there", 4: "please"}
+"""Each stretch of test speech is a constant level; the scripted STT hears these words."""
+
+
+def window(level: int) -> np.ndarray:
+    """One 32 ms VAD window: silence for level 0, else speech the STT reads as WORDS[level]."""
+    return np.full(WINDOW, level / 100, dtype=np.float32)
+
+
+class LevelVAD:
+    window_samples = WINDOW
+
+    def stream(self) -> LevelVAD:
+        return self
+
+    async def probability(self, audio: np.ndarray) -> float:
+        return 1.0 if float(np.abs(audio).max()) > 0.005 else 0.0
+
+
+class ScriptedSTT:
+    """Hears WORDS by level; ``hold()`` parks every later call until ``release()``."""
+
+    def __init__(self) -> None:
+        self.gate: asyncio.Event | None = None
+        self.cancelled = 0
+        self.calls = 0
+
+    @property
+    def busy(self) -> bool:
+        return False
+
+    def hold(self) -> None:
+        self.gate = asyncio.Event()
+
+    def release(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
+        self.gate = None
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        self.calls += 1
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        levels: list[int] = []
+        for value in np.round(np.abs(audio) * 100).astype(int):
+            if value and value not in levels:
+                levels.append(int(value))
+        return Transcript(" ".join(WORDS[v] for v in levels), 1.0)
+
+
+class HeldEOU:
+    """Says "complete"; ``hold()`` keeps the turn from being confirmed until ``release()``."""
+
+    def __init__(self) -> None:
+        self.gate: asyncio.Event | None = None
+
+    def hold(self) -> None:
+        self.gate = asyncio.Event()
+
+    def release(self) -> None:
+        if self.gate is not None:
+            self.gate.set()
+        self.gate = None
+
+    async def completion_probability(self, audio: np.ndarray) -> float:
+        if self.gate is not None:
+            await self.gate.wait()
+        return 1.0
+
+
+class ScriptedLLM:
+    def __init__(self, fail_first: bool = False) -> None:
+        self.fail_first = fail_first
+        self.calls = 0
+
+    async def stream_chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+        self.calls += 1
+        if self.fail_first and self.calls == 1:
+            raise EngineError("model crashed")
+        yield "Sure, here is a long answer."
+
+    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+        return None
+
+
+class LongTTS:
+    """Five seconds of audio per sentence: a reply that is still playing when the test
+    talks over it."""
+
+    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+        yield np.full(5 * 16_000, 3000, dtype="<i2")
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def send_audio(self, pcm: bytes) -> None:
+        pass
+
+    def clear_audio(self) -> None:
+        pass
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+async def settle(rounds: int = 50) -> None:
+    """Let every ready task run (no timers involved: all delays are zero)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def until(predicate: Any, timeout: float = 5.0) -> None:
+    """A bound for a failing test, not a timing assumption: each step is event-driven."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
+class Harness:
+    def __init__(self, monkeypatch: Any, tmp_path: Any, **engine_kw: Any) -> None:
+        monkeypatch.chdir(tmp_path)  # no ./parley.toml: the defaults (no greeting)
+        monkeypatch.delenv("PARLEY_CONFIG", raising=False)
+        self.settings = Settings(
+            turn={"min_endpointing_delay": 0, "max_endpointing_delay": 0},
+            stt={"partials": False},
+            interruption={"min_duration": 0.2},
+        )
+        self.stt = ScriptedSTT()
+        self.eou = HeldEOU()
+        self.llm = engine_kw.get("llm", ScriptedLLM())
+        self.sink = Sink()
+        engines = Engines(stt=self.stt, llm=self.llm, tts=LongTTS(), vad=LevelVAD(), eou=self.eou)
+        self.session = VoiceSession(engines, self.settings, self.sink)
+
+    async def feed(self, level: int, windows: int) -> None:
+        for _ in range(windows):
+            await self.session._process_window(window(level))
+        await settle()
+
+    async def speak(self, level: int, windows: int = 10) -> None:
+        """Speech then enough silence for the VAD to end the segment (stop_secs) and to
+        keep it out of the next segment's pre-roll."""
+        await self.feed(level, windows)
+        await self.feed(0, 12)
+
+    async def agent_speaking(self) -> None:
+        """The user asks something; the agent is answering (confirmed, playing)."""
+        await self.speak(3)
+        await until(lambda: self.session.state == "speaking")
+
+
+@pytest.fixture
+async def harness(monkeypatch: Any, tmp_path: Any) -> AsyncIterator[Harness]:
+    h = Harness(monkeypatch, tmp_path)
+    await h.session.start()
+    yield h
+    await h.session.close()
+
+
+async def test_every_overlapping_segment_joins_the_turn_after_a_barge_in(harness: Harness) -> None:
+    """Regression: only the segment that triggered a barge-in joined the new turn; speech
+    that began (over the agent) while its check ran was dropped as a backchannel."""
+    h = harness
+    await h.agent_speaking()
+    h.stt.hold()  # the barge-in check of the first stretch is still running...
+    await h.speak(1)  # "no wait" (long enough to be checked), then a pause
+    await h.feed(2, 4)  # ...when the user goes on: "the other day"
+    h.stt.release()
+    await until(lambda: h.sink.of("turn.interrupted"))
+    await h.feed(2, 4)
+    await h.feed(0, 12)
+    await until(lambda: len(h.sink.of("turn.ended")) == 2)
+    ended = h.sink.of("turn.ended")[1]
+    assert ended["turn_id"] == 2
+    assert ended["text"] == "no wait the other day"
+    # The reply to the user's second turn is not itself interrupted by their own words.
+    assert len(h.sink.of("turn.interrupted")) == 1
+
+
+async def test_a_new_endpointing_decision_cancels_the_old_one(harness: Harness) -> None:
+    """Regression: a segment that ended after another replaced the endpointing task
+    without cancelling it, so the turn could be confirmed (and stored) twice."""
+    h = harness
+    h.eou.hold()
+    await h.speak(3)
+    first = h.session._endpoint
+    assert first is not None and h.session._turn is not None
+    # Another segment of the same turn ends before the first decision is taken (as when
+    # several overlapping stretches join a turn after a barge-in).
+    from parley.voice.session import Segment
+
+    second = Segment(99, [window(4)], overlap=False, stopped=True)
+    h.session._segment_ended(second, asyncio.get_running_loop().time())
+    await settle()
+    assert first.cancelled()
+    h.eou.release()
+    await until(lambda: h.sink.of("turn.ended"))
+    await settle()
+    assert len(h.sink.of("turn.ended")) == 1
+    assert h.sink.of("turn.ended")[0]["text"] == "hello there please"
+
+
+async def test_a_stale_early_transcription_is_cancelled(harness: Harness) -> None:
+    """Regression: when speech resumed, the early final transcription was forgotten but
+    left running, holding the STT lane that the next transcription waits for."""
+    h = harness
+    h.stt.hold()
+    await h.feed(3, 10)
+    await h.feed(0, 2)  # a short pause: the early final transcription starts
+    assert h.stt.calls == 1
+    await h.feed(3, 3)  # speech resumes: that transcription is stale
+    assert h.stt.cancelled == 1
+    h.stt.release()
+    await h.feed(0, 12)
+    await until(lambda: h.sink.of("turn.ended"))
+
+
+async def test_a_failed_draft_reports_no_error_and_the_turn_is_answered(
+    monkeypatch: Any, tmp_path: Any
+) -> None:
+    """Regression: a reply drafted before the turn was confirmed sent an ``error`` for a
+    turn the user never saw answered; now the confirmed turn just starts its reply."""
+    h = Harness(monkeypatch, tmp_path, llm=ScriptedLLM(fail_first=True))
+    await h.session.start()
+    try:
+        h.eou.hold()  # the turn is not confirmed yet: the reply is a draft
+        await h.speak(3)
+        await until(lambda: h.llm.calls == 1)
+        await settle()
+        h.eou.release()
+        await until(lambda: h.session.state == "speaking")
+        assert h.sink.of("error") == []
+        assert [e["turn_id"] for e in h.sink.of("agent.text")] == [1]
+    finally:
+        await h.session.close()
+
+
+def test_turn_metrics_use_one_clock(monkeypatch: Any, tmp_path: Any) -> None:
+    """Regression: some marks came from time.monotonic() and others from the event
+    loop's clock; under a loop whose clock is not time.monotonic() (uvloop's is not) the
+    timeline was nonsense. Here, on a loop of its own, the clock runs a day ahead."""
+
+    async def one_turn() -> dict[str, Any]:
+        h = Harness(monkeypatch, tmp_path)
+        await h.session.start()
+        try:
+            await h.speak(3)
+            await until(lambda: h.sink.of("turn.metrics"))
+            return h.sink.of("turn.metrics")[0]
+        finally:
+            await h.session.close()
+
+    loop = asyncio.new_event_loop()
+    real_time = loop.time
+    loop.time = lambda: real_time() + 86_400.0  # type: ignore[method-assign]
+    try:
+        metrics = loop.run_until_complete(one_turn())
+    finally:
+        loop.close()
+    timeline = metrics["timeline_ms"]
+    assert {"stt_started", "eou_started", "confirmed", "first_frame"} <= set(timeline)
+    for step, ms in timeline.items():
+        assert 0 <= ms < 60_000, (step, ms)
+    assert 0 <= metrics["voice_to_voice_ms"] < 60_000
+
+
+async def test_a_word_less_turn_does_not_use_up_a_number(harness: Harness) -> None:
+    """Turn numbers follow the stored turns: a turn dropped for having no words (here a
+    sound the STT hears nothing in) gives its number to the next turn."""
+    h = harness
+    WORDS[5] = ""
+    try:
+        await h.speak(5)
+        await until(lambda: h.session._turn is None and h.session._endpoint is None)
+        await h.speak(3)
+        await until(lambda: h.sink.of("turn.ended"))
+        assert [e["turn_id"] for e in h.sink.of("turn.ended")] == [1]
+    finally:
+        del WORDS[5]
+
+
+async def test_a_failing_session_task_is_logged_and_reported(harness: Harness, caplog: Any) -> None:
+    """Regression: an exception in a task the session started vanished unseen."""
+
+    async def broken() -> None:
+        raise ValueError("boom")
+
+    harness.session._spawn(broken())
+    await settle()
+    errors = harness.sink.of("error")
+    assert errors and errors[0]["code"] == "internal_error" and "boom" in errors[0]["message"]
+    assert any("session task failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_turn_identity_survives_dropped_turns_and_a_reconnect(
+    store: Any, monkeypatch: Any, tmp_path: Any
+) -> None:
+    """Regression: the loop numbered a dropped turn and, after a reconnect, restarted
+    from the stored count, so a new turn's key named an older, completed turn: the new
+    turn was never stored and its segments and events landed under the wrong number."""
+    from parley.voice.recording import SessionRecorder
+
+    record = await store.create_session()
+    WORDS[5] = ""  # a sound the STT hears no word in: a dropped turn
+    live: list[dict[str, Any]] = []
+    try:
+        for connection, levels in enumerate(([3, 5, 1], [2, 5, 4])):
+            h = Harness(monkeypatch, tmp_path)
+            h.session = VoiceSession(
+                h.session.engines,
+                h.settings,
+                h.sink,
+                session_id=record.id,
+                recorder=SessionRecorder(store, record.id),
+            )
+            if connection:  # a reconnect: resume from the server's record
+                h.session.restore(*await store.conversation(record.id))
+            await h.session.start()
+            session = h.session
+            for level in levels:
+                await h.speak(level)
+                await until(lambda s=session: s._turn is None and s._endpoint is None)
+                if WORDS[level]:
+                    await until(lambda s=session: s.state == "speaking")
+                    session.interrupt()
+            await session.close()
+            live += h.sink.of("turn.ended")
+    finally:
+        del WORDS[5]
+    turns = await store.turns(record.id)
+    assert [t.seq for t in turns] == [1, 2, 3, 4]
+    assert [t.user_text for t in turns] == ["hello there", "no wait", "the other day", "please"]
+    assert len({t.idempotency_key for t in turns}) == 4
+    assert all(t.state == "interrupted" for t in turns)
+    assert [(e["turn_id"], e["text"]) for e in live] == [(t.seq, t.user_text) for t in turns]
+    segments = await store.segments(record.id)
+    assert [(s.turn_seq, s.text) for s in segments] == [(t.seq, t.user_text) for t in turns]
+    ended = [e.turn_seq for e in await store.timeline(record.id) if e.stage == "turn.ended"]
+    assert ended == [1, 2, 3, 4]
