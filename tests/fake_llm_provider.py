@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+CHARS_PER_TOKEN = 4
+
 
 @dataclass
 class ProviderScript:
@@ -27,6 +29,11 @@ class ProviderScript:
     """Requests whose last message contains this wait for ``release`` before answering."""
     held: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    cut_at_max_tokens: bool = False
+    """Stop a JSON-mode reply at the request's ``max_tokens`` (a token taken as
+    ``CHARS_PER_TOKEN`` characters) and say ``length``, as a real provider does."""
+    finish_reason: str = "stop"
+    """Reported for a JSON-mode reply that was not cut."""
 
     def next_reply(self) -> str:
         return self.replies[min(len(self.requests), len(self.replies)) - 1]
@@ -56,7 +63,13 @@ def fake_provider(script: ProviderScript) -> Iterator[str]:
                 sse = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
                 self._send(200, sse.encode(), "text/event-stream")
             else:
-                answer = {"choices": [{"message": {"role": "assistant", "content": reply}}]}
+                content, reason = reply, script.finish_reason
+                budget = body.get("max_tokens")
+                if script.cut_at_max_tokens and isinstance(budget, int):
+                    if len(reply) > budget * CHARS_PER_TOKEN:
+                        content, reason = reply[: budget * CHARS_PER_TOKEN], "length"
+                message = {"role": "assistant", "content": content}
+                answer = {"choices": [{"message": message, "finish_reason": reason}]}
                 self._send(200, json.dumps(answer).encode(), "application/json")
 
         def _send(self, status: int, payload: bytes, kind: str) -> None:

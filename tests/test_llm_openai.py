@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fake_llm_provider import ProviderScript, fake_provider
+from fake_llm_provider import CHARS_PER_TOKEN, ProviderScript, fake_provider
 from parley.config import LLMSettings
 from parley.engines import ChatMessage, EngineError
 from parley.engines.llm_openai import OpenAICompatibleLLM
@@ -28,7 +28,7 @@ async def test_streams_deltas_and_answers_json_mode():
         raw = await llm.complete_json(HI, {"type": "object"})
         await llm.aclose()
     assert "".join(parts) == "Hello there, how can I help?" and len(parts) > 1
-    assert raw == "Hello there, how can I help?"
+    assert raw.text == "Hello there, how can I help?" and raw.finish_reason == "stop"
     streamed, structured = script.requests
     assert streamed["stream"] is True and streamed["model"] == "tiny"
     assert streamed["messages"][1] == {"role": "user", "content": "Hi"}
@@ -47,7 +47,7 @@ async def test_provider_failures_are_engine_errors(script, match):
     with fake_provider(script) as url:
         llm = client(url, timeout=1.0)
         if match is None:  # a 200 whose content is not JSON is the orchestrator's to reject
-            assert await llm.complete_json(HI, {}) == "not an OpenAI body"
+            assert (await llm.complete_json(HI, {})).text == "not an OpenAI body"
         else:
             with pytest.raises(EngineError, match=match):
                 await llm.complete_json(HI, {})
@@ -55,6 +55,28 @@ async def test_provider_failures_are_engine_errors(script, match):
                 async for _ in llm.stream_chat(HI):
                     pass
         await llm.aclose()
+
+
+async def test_envelopes_get_their_own_token_budget_and_say_why_they_stopped():
+    """No grammar keeps the remote model's JSON whole: the envelope request gets
+    ``llm.envelope_max_tokens`` (a spoken reply keeps ``llm.max_tokens``), and the finish
+    reason comes back, so output cut off by the budget is known to be."""
+    envelope = '{"spoken_text": "' + "word " * 100 + '", "escalate": false}'
+    script = ProviderScript(["Hi there.", envelope], cut_at_max_tokens=True)
+    with fake_provider(script) as url:
+        llm = client(url)
+        assert "".join([p async for p in llm.stream_chat(HI)]) == "Hi there."
+        whole = await llm.complete_json(HI, {})
+        await llm.aclose()
+        llm = client(url, envelope_max_tokens=64)
+        cut = await llm.complete_json(HI, {})
+        await llm.aclose()
+    streamed, structured, small = script.requests
+    assert streamed["max_tokens"] == 60
+    assert structured["max_tokens"] == LLMSettings().envelope_max_tokens == 256
+    assert whole.text == envelope and whole.finish_reason == "stop" and not whole.cut_off
+    assert small["max_tokens"] == 64
+    assert cut.text == envelope[: 64 * CHARS_PER_TOKEN] and cut.cut_off
 
 
 async def test_an_unreachable_provider_is_a_clear_error():

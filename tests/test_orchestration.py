@@ -48,11 +48,13 @@ class ScriptedLLM:
         self.outputs = list(outputs)
         self.calls = 0
         self.delay = delay
+        self.prompts: list[list[ChatMessage]] = []
 
     async def complete_json(
         self, messages: Sequence[ChatMessage], schema: dict[str, object]
     ) -> str:
         self.calls += 1
+        self.prompts.append(list(messages))
         await asyncio.sleep(self.delay)
         return self.outputs[min(self.calls, len(self.outputs)) - 1]
 
@@ -125,12 +127,30 @@ async def test_malformed_model_output_fails_the_turn_cleanly(api):
     assert llm.calls == 2
 
 
-def test_output_cut_off_mid_way_is_repaired_not_invented():
+def test_output_cut_off_mid_way_is_repaired_for_speech_only():
+    """Cut-off output keeps the words said so far, to be spoken, and nothing else (not a
+    half-written follow-up); if it would act it is rejected: ``"time": "19`` would close
+    to a time that fits the tool's schema."""
     envelope = parse_envelope(
         '{"spoken_text": "The store opens at nine", "follow_up_prompts": ["Ho'
     )
     assert envelope.spoken_text == "The store opens at nine"
-    assert envelope.follow_up_prompts == ["Ho"] and not envelope.escalate
+    assert envelope.follow_up_prompts == [] and not envelope.escalate
+    said = parse_envelope('{"escalate": false, "spoken_text": "The store opens at ni')
+    assert said.spoken_text == "The store opens at ni" and said.tool_calls == []
+    booked = '{"spoken_text": "Booked.", "escalate": false, "tool_calls": ['
+    for cut in [
+        booked + '{"name": "book_table", "arguments": {"party": 2, "time": "19',
+        booked + CALL,  # whole arguments, but the envelope was not finished
+        booked,  # closes to an empty list, while the speech promises a booking
+        '{"spoken_text": "Let me get someone.", "escalate": true',
+    ]:
+        with pytest.raises(EnvelopeError, match="cut off"):
+            parse_envelope(cut)
+    # The engine's word counts too: whole-looking JSON stopped by the token budget.
+    with pytest.raises(EnvelopeError, match="cut off"):
+        parse_envelope(BOOK % CALL, cut_off=True)
+    assert parse_envelope(BOOK % CALL).tool_calls[0].arguments["time"] == "19:00"
 
 
 async def test_turn_requests_need_a_valid_token_and_body(api):
@@ -189,6 +209,60 @@ async def test_envelope_tool_calls_run_through_the_ledger_once(tool_api):
     assert {p["tool_results"][0]["result"]["confirmation"] for p in payloads} == {"T-1"}
     assert len(booking_tools.BOOKINGS) == 1 and llm.calls == 1
     assert booking_tools.BOOKINGS[0][1].endswith(":call_1")
+
+
+def same_id_calls(*parties: int) -> str:
+    """Tool calls to which the model gave one id of its own."""
+    calls = (
+        f'{{"id": "c", "name": "book_table", "arguments": {{"party": {n}, "time": "19:00"}}}}'
+        for n in parties
+    )
+    return BOOK % ", ".join(calls)
+
+
+def test_call_ids_are_the_servers_whatever_the_model_wrote():
+    envelope = parse_envelope(same_id_calls(2, 4))
+    assert [c.id for c in envelope.tool_calls] == ["call_1", "call_2"]
+
+
+async def test_two_calls_the_model_gave_one_id_each_run_for_themselves(tool_api):
+    import booking_tools
+
+    client, llm, _ = tool_api
+    llm.outputs = [same_id_calls(2, 4)]
+    sid, headers = await session_headers(client)
+    body = {"text": "Two tables, for two and for four", "idempotency_key": "k-two"}
+    answer = (await client.post(f"/v1/sessions/{sid}/turns", json=body, headers=headers)).json()
+    results = answer["tool_results"]
+    assert [r["call_id"] for r in results] == ["call_1", "call_2"]
+    assert [r["result"]["confirmation"] for r in results] == ["T-1", "T-2"]
+    assert [arguments["party"] for arguments, _ in booking_tools.BOOKINGS] == [2, 4]
+
+
+WHOLE_BOOKING = BOOK % CALL
+CUT_BOOKING = WHOLE_BOOKING[: WHOLE_BOOKING.index("19:00") + 2]  # ends in "time": "19
+
+
+async def test_cut_off_tool_calls_are_asked_again_and_never_run(tool_api):
+    import booking_tools
+
+    client, llm, _ = tool_api
+    llm.outputs = [CUT_BOOKING, BOOK % CALL]
+    sid, headers = await session_headers(client)
+    body = {"text": "A table for two at seven", "idempotency_key": "k-cut-1"}
+    answer = (await client.post(f"/v1/sessions/{sid}/turns", json=body, headers=headers)).json()
+    # The retry asked for less (a greedy model asked the same way is cut the same way)
+    # and only its whole answer ran.
+    assert answer["state"] == "completed" and llm.calls == 2
+    assert "cut off" in llm.prompts[1][-1].content and "cut off" not in str(llm.prompts[0])
+    assert [arguments for arguments, _ in booking_tools.BOOKINGS] == [{"party": 2, "time": "19:00"}]
+    # Cut off every time: the turn fails with the apology, and nothing is booked.
+    llm.outputs = [CUT_BOOKING]
+    body = {"text": "And another at seven", "idempotency_key": "k-cut-2"}
+    answer = (await client.post(f"/v1/sessions/{sid}/turns", json=body, headers=headers)).json()
+    assert answer["state"] == "failed" and "cut off" in answer["error"]
+    assert answer["envelope"]["spoken_text"].startswith("Sorry") and answer["tool_results"] == []
+    assert len(booking_tools.BOOKINGS) == 1 and llm.calls == 4
 
 
 async def test_a_turn_left_by_a_dead_process_resumes_from_its_checkpoint(tool_api):

@@ -185,6 +185,11 @@ class LLMSettings(BaseModel):
     threads: int = Field(default=0, ge=0)
     """0 = one fewer than the cores (at least 1), leaving a core to the other stages."""
     max_tokens: int = Field(default=60, ge=1)
+    """Budget of a spoken (streamed) reply."""
+    envelope_max_tokens: int = Field(default=256, ge=32)
+    """Budget of an action envelope (spoken text, tool calls and their JSON), for the
+    embedded and the remote model alike. Output cut off at this budget is never acted on:
+    its speech may be kept, its tool calls are rejected and the model asked again."""
     temperature: float = Field(default=0.0, ge=0)
     """0 = greedy: a 135M model wanders at any higher temperature."""
     timeout: float = Field(default=20.0, gt=0)

@@ -11,6 +11,7 @@ from typing import Any
 from parley.config import LLMSettings
 from parley.engines import device
 from parley.engines.base import ChatMessage, EngineError
+from parley.engines.completion import JSONCompletion
 from parley.engines.lanes import InferenceLane
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -135,17 +136,21 @@ class LlamaLLM:
 
     async def complete_json(
         self, messages: Sequence[ChatMessage], schema: dict[str, object]
-    ) -> str:
-        """A whole (non-streamed) reply constrained by a grammar to JSON of ``schema``."""
+    ) -> JSONCompletion:
+        """A whole (non-streamed) reply constrained by a grammar to JSON of ``schema``; a
+        grammar does not stop the token budget from cutting it off, hence the reason."""
 
-        def work() -> str:
+        def work() -> JSONCompletion:
             result: Any = self._llm.create_chat_completion(
                 messages=_as_dicts(messages),  # type: ignore[arg-type]
                 response_format={"type": "json_object", "schema": schema},
-                max_tokens=max(self._settings.max_tokens, 160),
+                max_tokens=self._settings.envelope_max_tokens,
                 temperature=self._settings.temperature,
             )
-            return str(result["choices"][0]["message"]["content"] or "")
+            choice = result["choices"][0]
+            return JSONCompletion(
+                str(choice["message"]["content"] or ""), choice.get("finish_reason")
+            )
 
         try:
             return await asyncio.wait_for(self._lane.run(work), self._settings.timeout)

@@ -12,6 +12,7 @@ import httpx
 
 from parley.config import LLMSettings
 from parley.engines.base import ChatMessage, EngineError
+from parley.engines.completion import JSONCompletion
 
 
 class OpenAICompatibleLLM:
@@ -62,10 +63,18 @@ class OpenAICompatibleLLM:
         except (httpx.HTTPError, json.JSONDecodeError, KeyError, IndexError) as exc:
             raise EngineError(f"the LLM provider failed: {exc!r}") from exc
 
-    async def complete_json(self, messages: Sequence[ChatMessage], schema: dict[str, Any]) -> str:
+    async def complete_json(
+        self, messages: Sequence[ChatMessage], schema: dict[str, Any]
+    ) -> JSONCompletion:
         """JSON mode where the provider has it; the schema itself travels in the prompt
-        (strict schema modes differ between providers), and the answer is validated."""
-        body = self._body(messages, response_format={"type": "json_object"})
+        (strict schema modes differ between providers), and the answer is validated.
+        There is no grammar to keep the JSON whole, so the envelope gets its own token
+        budget, and the finish reason comes back: output cut off by it is not acted on."""
+        body = self._body(
+            messages,
+            max_tokens=self._settings.envelope_max_tokens,
+            response_format={"type": "json_object"},
+        )
         try:
             response = await self._http.post("chat/completions", json=body)
         except httpx.TimeoutException as exc:
@@ -77,10 +86,12 @@ class OpenAICompatibleLLM:
         if response.status_code != 200:
             raise EngineError(_http_error(response))
         try:
-            content = _choice(response.json())["message"]["content"]
+            choice = _choice(response.json())
+            content = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise EngineError(f"the LLM provider answered an unexpected body: {exc!r}") from exc
-        return str(content or "")
+        reason = choice.get("finish_reason")
+        return JSONCompletion(str(content or ""), reason if isinstance(reason, str) else None)
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -119,6 +119,12 @@ FALLBACK = ActionEnvelope(
 def close_truncated(text: str) -> str:
     """Close the strings, arrays and objects left open by output cut off mid-way (the
     model ran out of tokens): the words written so far are kept, nothing is invented."""
+    return _close(text)[0]
+
+
+def _close(text: str) -> tuple[str, bool]:
+    """:func:`close_truncated`, and whether anything was left open (the output was cut
+    off: it must not be acted on, see :func:`parse_envelope`)."""
     stack: list[str] = []
     in_string = escaped = False
     for ch in text:
@@ -137,35 +143,67 @@ def close_truncated(text: str) -> str:
             stack.pop()
     tail = ('\\"' if escaped else "") if in_string else ""
     closed = text + tail + ('"' if in_string else "")
-    return closed.rstrip().rstrip(",") + "".join(reversed(stack))
+    return closed.rstrip().rstrip(",") + "".join(reversed(stack)), in_string or bool(stack)
 
 
 def _normalise(data: dict[str, Any]) -> None:
-    """Tidy what a model legitimately leaves out: call ids are assigned by position
-    (``call_1``…), so a stored envelope names each call the same way on every replay."""
+    """Tidy what a model writes or leaves out. Call ids are always the server's, by
+    position (``call_1``…), whatever the model wrote: two calls can then never share an
+    id (the ledger would answer the second with the first one's result), and a stored
+    envelope names each call the same way on every replay."""
     if isinstance(data.get("spoken_text"), str):
         data["spoken_text"] = data["spoken_text"].strip()
     calls = data.get("tool_calls")
     if isinstance(calls, list):
         for index, call in enumerate(calls, start=1):
-            if isinstance(call, dict) and "id" not in call:
+            if isinstance(call, dict):
                 call["id"] = f"call_{index}"
 
 
-def parse_envelope(raw: str) -> ActionEnvelope:
+class CutOffError(EnvelopeError):
+    """Output the model did not finish that would act: it is never acted on (retry)."""
+
+
+# Fields that act, not speak. Present at all in cut-off output they reject it, even when
+# empty: ``"tool_calls": [`` closes to an empty list, and the speech written before it
+# ("Booked!") would then promise what was never done.
+_ACTING_FIELDS = ("tool_calls", "state_updates", "ui_directives")
+
+
+def _speech_only(data: dict[str, Any], envelope: ActionEnvelope) -> ActionEnvelope:
+    """What may be kept of output that was cut off: the words, to be spoken."""
+    acting = [name for name in _ACTING_FIELDS if name in data]
+    if envelope.confirmation_request is not None:
+        acting.append("confirmation_request")
+    if envelope.escalate:
+        acting.append("escalate")
+    if acting:
+        raise CutOffError(
+            f"output cut off before the model finished it, with {', '.join(acting)}: not acted on"
+        )
+    # Follow-up prompts go too: the last one may be a half-written word on the screen.
+    return ActionEnvelope(spoken_text=envelope.spoken_text)
+
+
+def parse_envelope(raw: str, *, cut_off: bool = False) -> ActionEnvelope:
     """Validate model output; repair what is safely repairable (surrounding prose or code
-    fences, trailing commas, output cut off mid-way), reject everything else with the
-    reason."""
-    candidates = [raw]
+    fences, trailing commas), reject everything else with the reason.
+
+    Output cut off mid-way (``cut_off``: the engine says the token budget stopped it; or
+    the repair had to close strings or brackets) may be repaired for speech only: its
+    spoken text is kept, and if it would act (tool calls, state updates, UI directives, a
+    confirmation request, an escalation) it is rejected with :class:`CutOffError` — a
+    cut-off ``"time": "7`` closes to ``"time": "7"``, which fits the tool's schema."""
+    candidates = [(raw, False)]
     match = _OBJECT.search(raw)
     if match and match.group(0) != raw:
-        candidates.append(match.group(0))
+        candidates.append((match.group(0), False))
     start = raw.find("{")
     if start >= 0:
-        candidates.append(close_truncated(raw[start:]))
-    candidates += [_TRAILING_COMMA.sub(r"\1", c) for c in list(candidates)]
+        candidates.append(_close(raw[start:]))
+    candidates += [(_TRAILING_COMMA.sub(r"\1", c), left_open) for c, left_open in candidates]
     last_error = "no JSON object in the output"
-    for text in candidates:
+    for text, left_open in candidates:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -174,9 +212,13 @@ def parse_envelope(raw: str) -> ActionEnvelope:
         if isinstance(data, dict):
             _normalise(data)
         try:
-            return ActionEnvelope.model_validate(data)
+            envelope = ActionEnvelope.model_validate(data)
         except ValidationError as exc:
             last_error = (
                 f"does not fit the envelope: {exc.errors()[0]['msg']} at {exc.errors()[0]['loc']}"
             )
+            continue
+        if cut_off or left_open:
+            return _speech_only(data, envelope)
+        return envelope
     raise EnvelopeError(last_error)

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from parley.engines import ChatMessage, EngineError
+from parley.engines.completion import JSONCompletion
 from parley.orchestration.envelope import (
     ActionEnvelope,
+    CutOffError,
     EnvelopeError,
     ToolSpec,
     model_instructions,
@@ -23,9 +25,15 @@ log = get_logger(__name__)
 class StructuredLanguageModel(Protocol):
     async def complete_json(
         self, messages: Sequence[ChatMessage], schema: dict[str, object]
-    ) -> str:
-        """One completion constrained (or at least asked) to be JSON of ``schema``."""
+    ) -> str | JSONCompletion:
+        """One completion constrained (or at least asked) to be JSON of ``schema``; with
+        the finish reason where the engine tells it (a plain ``str``: it does not)."""
         ...
+
+
+SHORTER = "\n\n(Your last reply was cut off before it ended. Reply again, shorter.)"
+"""Added to the user's message for the retry after a reply cut off by the token budget:
+it asks for less (at the end, so the cached prompt prefix is still reused)."""
 
 
 class OrchestrationError(RuntimeError):
@@ -56,15 +64,28 @@ class Orchestrator:
             self.calls += 1
             started = time.monotonic()
             try:
-                raw = await self._llm.complete_json(messages, self._schema)
+                reply = await self._llm.complete_json(messages, self._schema)
             except EngineError as exc:
                 raise OrchestrationError(f"the model failed: {exc}") from exc
+            if not isinstance(reply, JSONCompletion):
+                reply = JSONCompletion(reply)
             try:
-                envelope = parse_envelope(raw)
+                envelope = parse_envelope(reply.text, cut_off=reply.cut_off)
             except EnvelopeError as exc:
                 reasons.append(str(exc))
-                log.warning("malformed model output", attempt=attempt, error=str(exc))
+                cut_off = reply.cut_off or isinstance(exc, CutOffError)
+                log.warning(
+                    "model output not used", attempt=attempt, error=str(exc), cut_off=cut_off
+                )
+                if cut_off:
+                    # Asked the same way, a greedy model is cut off at the same place.
+                    messages = [*messages[:-1], ChatMessage("user", f"{text}{SHORTER}")]
                 continue
-            log.info("envelope", attempt=attempt, ms=round((time.monotonic() - started) * 1000))
+            log.info(
+                "envelope",
+                attempt=attempt,
+                ms=round((time.monotonic() - started) * 1000),
+                finish_reason=reply.finish_reason,
+            )
             return envelope
         raise OrchestrationError(f"no valid envelope after {self._attempts} attempts: {reasons}")
