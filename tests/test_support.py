@@ -32,6 +32,25 @@ def test_json_log_lines_carry_ids_and_redact_text_fields():
     assert line["text"] == "my email is [REDACTED:email]"
 
 
+def test_no_secret_reaches_a_log_line():
+    """Regression: uvicorn logged each WebSocket's path, session token included."""
+    jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzaWQiOiJhYmMifQ.c2lnbmF0dXJlLXNpZ25hdHVyZQ"
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "WebSocket %s" %d',
+        ("127.0.0.1:5000", f"/v1/ws?token={jwt}&x=1", 101),
+        None,
+    )
+    record.fields = {"url": "http://h/v1?api_key=sk-abcdefghijkl", "auth": f"Bearer {jwt}"}
+    line = JsonFormatter(Redactor()).format(record)
+    assert jwt not in line and "sk-abcdefghijkl" not in line
+    assert "token=[REDACTED:secret]&x=1" in line
+    assert json.loads(line)["auth"] == "Bearer [REDACTED:secret]"
+
+
 def test_settings_from_toml_and_env(tmp_path, monkeypatch):
     path = tmp_path / "agent.toml"
     path.write_text('[agent]\ngreeting = "Hey"\n[turn]\nmax_endpointing_delay = 2.5\n')

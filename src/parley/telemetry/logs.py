@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from parley.telemetry.redact import Redactor
+from parley.telemetry.redact import Redactor, redact_secrets
 
 _session_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
 _turn_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("turn_id", default=None)
@@ -37,7 +37,7 @@ class JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": self._redact(record.getMessage()),
+            "msg": self._redact(redact_secrets(record.getMessage())),
         }
         session_id = getattr(record, "session_id", None) or _session_id.get()
         turn_id = getattr(record, "turn_id", None) or _turn_id.get()
@@ -48,11 +48,13 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():
-                if key in SENSITIVE_FIELDS and isinstance(value, str):
-                    value = self._redact(value)
+                if isinstance(value, str):
+                    value = redact_secrets(value)
+                    if key in SENSITIVE_FIELDS:
+                        value = self._redact(value)
                 entry[key] = value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = redact_secrets(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
 
 

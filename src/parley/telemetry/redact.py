@@ -14,6 +14,28 @@ PATTERNS: dict[str, re.Pattern[str]] = {
 }
 
 
+# Secrets are never logged, whatever the configuration: a session token in a WebSocket
+# URL's query (uvicorn logs the path of every connection), a bearer token, a key.
+_SECRETS = (
+    (
+        re.compile(
+            r"(?i)\b((?:access_|refresh_|stream_)?token|api_?key|key|secret|password)=[^&\s\"']+"
+        ),
+        r"\1=[REDACTED:secret]",
+    ),
+    (re.compile(r"(?i)\bBearer\s+[\w.~+/=-]+"), "Bearer [REDACTED:secret]"),
+    (re.compile(r"\beyJ[\w-]*\.[\w-]+\.[\w-]*"), "[REDACTED:jwt]"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), "[REDACTED:secret]"),
+)
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` with tokens, keys and passwords replaced: applied to every log line."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 class Redactor:
     """Replaces every match of the configured patterns with ``[REDACTED:<kind>]``."""
 
