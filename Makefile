@@ -19,8 +19,10 @@ run: install
 test: install system-deps postgres
 	$(BIN)/python -m pytest -q
 
+# Unit tests only: no server process, no models, no espeak-ng, no PostgreSQL (the
+# `postgres` and `models` markers are set in tests/conftest.py).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not e2e"
+	$(BIN)/python -m pytest -q -m "not e2e and not postgres and not models"
 
 bench: install system-deps
 	$(BIN)/python bench/voice_to_voice.py
@@ -39,10 +41,9 @@ $(STAMP): pyproject.toml Makefile
 	@$(PYTHON) -c "import ensurepip" 2>/dev/null || scripts/ensure-apt.sh _none_:python3-venv
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel
+	@# Everything the server needs comes with the package and its extras (the Smart Turn
+	@# model is package data): no step here installs a file the server loads.
 	$(BIN)/python -m pip install -q -e ".[piper,dev]"
-	# pipecat-ai is installed for one data file, the Smart Turn v3.2 ONNX model; its own
-	# dependency tree (and code) is not needed, so it is installed without dependencies.
-	$(BIN)/python -m pip install -q --no-deps "pipecat-ai==1.14.0"
 	touch $(STAMP)
 
 # The tests and the benchmark generate caller speech with espeak-ng (a voice unlike

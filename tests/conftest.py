@@ -5,6 +5,7 @@ full-window Whisper to check what the agent said."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,6 +22,50 @@ from parley.testing import ServerProcess, caller_speech
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TOKEN_SECRET = "e2e-secret-0123456789abcdef0123456789abcdef"
+
+# What marks a test `models` (it loads an embedded model, starts a server on them or makes
+# caller speech with espeak-ng) or `postgres`, so that `make test-fast` needs neither.
+# Fixtures are matched by name; a test that builds the thing itself, by its source.
+MODEL_FIXTURES = {"server", "caller", "whisper_checker"}
+MODEL_NAMES = (
+    "WhisperSTT(",
+    "LlamaLLM(",
+    "SmartTurn(",
+    "SileroVAD(",
+    "PiperTTS(",
+    "load_engines(",
+    "caller_speech(",
+    "ServerProcess(",
+)
+POSTGRES_NAMES = ("postgres_database(", "_create_postgres_database(", "POSTGRES_ADMIN")
+
+
+def _source(item: pytest.Item) -> str:
+    """The test's source and that of the fixtures it uses, except this file's own (whose
+    ``store`` names PostgreSQL in both of its branches: its param says which one runs)."""
+    functions = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in getattr(info, "name2fixturedefs", {}).values():
+        functions += [d.func for d in defs if getattr(d.func, "__module__", "") != __name__]
+    parts = []
+    for function in functions:
+        try:
+            parts.append(inspect.getsource(function))
+        except (OSError, TypeError):
+            continue
+    return "\n".join(parts)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        source = _source(item)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_postgres = any(isinstance(v, str) and v == "postgresql" for v in params.values())
+        if fixtures & MODEL_FIXTURES or any(name in source for name in MODEL_NAMES):
+            item.add_marker(pytest.mark.models)
+        if on_postgres or any(name in source for name in POSTGRES_NAMES):
+            item.add_marker(pytest.mark.postgres)
 
 
 @pytest.fixture(scope="session")

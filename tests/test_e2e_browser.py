@@ -98,6 +98,7 @@ def test_page_talks_with_the_agent_over_webrtc(server, chromium, tmp_path):
     page.wait_for_function(f"window.parley.agentRmsMax > {AUDIBLE_RMS}", timeout=10_000)
     page.wait_for_function("window.parley.latencies.length >= 1", timeout=10_000)
     assert "voice-to-voice" in page.inner_text("#latency")
+    assert "server-side" in page.inner_text("#latency")
     badge = page.inner_text("#transcript li.agent:not([data-turn='0']) .latency")
     assert re.fullmatch(r"\d+ ms", badge.strip()), badge
     ARTIFACTS.mkdir(exist_ok=True)

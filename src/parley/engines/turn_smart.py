@@ -1,7 +1,7 @@
-"""End-of-turn detection with Smart Turn v3.2 (ONNX), shipped inside the pipecat-ai wheel.
+"""End-of-turn detection with Smart Turn v3.2 (ONNX), shipped inside Parley's own package.
 
-Only the model file is used; Parley's pipeline is its own. The model reads the last 8 s of
-the turn's audio as Whisper-style log-mel features and returns P(turn complete).
+Only the model file is Smart Turn's; Parley's pipeline is its own. The model reads the last
+8 s of the turn's audio as Whisper-style log-mel features and returns P(turn complete).
 """
 
 from __future__ import annotations
@@ -18,25 +18,40 @@ from parley.engines.whisper_features import log_mel_features
 WINDOW_SECS = 8
 SAMPLE_RATE = 16_000
 
+MODEL_NAME = "smart-turn-v3.2-cpu.onnx"
+# Copied byte for byte from the pipecat-ai 1.14.0 wheel (BSD-2-Clause, Daily; the licence
+# travels beside it): no PyPI package ships the file alone, and depending on pipecat-ai
+# for it would pull its whole dependency tree into every install.
+PACKAGED_MODEL = Path(__file__).resolve().parent / "models" / "smart_turn" / MODEL_NAME
+MODEL_IN_PIPECAT_WHEEL = f"audio/turn/smart_turn/data/{MODEL_NAME}"
 
-MODEL_IN_WHEEL = "audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
 
-
-def default_model_path() -> Path:
-    """The model file inside the installed pipecat-ai wheel.
+def pipecat_model_path() -> Path | None:
+    """The same file inside an installed pipecat-ai wheel, if there is one.
 
     ``importlib.resources.files("pipecat....data")`` would execute pipecat's package
-    ``__init__``, which needs pipecat's whole dependency tree; Parley installs the wheel
-    for its data only (``--no-deps``), so the file is found through the import system's
-    spec of the top-level package, without running any of its code.
+    ``__init__``, which needs pipecat's whole dependency tree, so the file is found through
+    the import system's spec of the top-level package, without running any of its code.
     """
     spec = importlib.util.find_spec("pipecat")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("pipecat-ai is not installed: it ships the Smart Turn model")
-    path = Path(next(iter(spec.submodule_search_locations))) / MODEL_IN_WHEEL
-    if not path.is_file():
-        raise FileNotFoundError(f"Smart Turn model not found at {path}")
-    return path
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / MODEL_IN_PIPECAT_WHEEL
+    return path if path.is_file() else None
+
+
+def default_model_path() -> Path:
+    """The model shipped in Parley's package; a pipecat-ai wheel's copy only as a fallback
+    (for an install whose package data was stripped)."""
+    if PACKAGED_MODEL.is_file():
+        return PACKAGED_MODEL
+    fallback = pipecat_model_path()
+    if fallback is not None:
+        return fallback
+    raise FileNotFoundError(
+        f"Smart Turn model not found at {PACKAGED_MODEL} (Parley's package data) "
+        "nor in an installed pipecat-ai wheel: reinstall parley"
+    )
 
 
 def last_window(audio: np.ndarray) -> np.ndarray:

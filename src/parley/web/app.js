@@ -20,6 +20,9 @@ const ui = {
 };
 const transcript = new TranscriptView($("transcript"));
 const RECONNECT_DELAYS_MS = [250, 500, 1000, 2000, 3000];
+const SERVER_LATENCY_NOTE =
+  "Measured on the server: from the last speech sample it received to the first reply " +
+  "audio it sent. The network both ways and your browser's buffering add to what you hear.";
 
 // What a test (or a curious user in the console) can read: plain values, no control.
 const status = {
@@ -110,7 +113,10 @@ function onServerEvent(message) {
       if (message.voice_to_voice_ms != null) {
         status.latencies.push(message.voice_to_voice_ms);
         transcript.latency(message.turn_id, message.voice_to_voice_ms);
-        ui.latency.textContent = `turn ${message.turn_id}: ${Math.round(message.voice_to_voice_ms)} ms voice-to-voice`;
+        // The server's figure (its last speech sample in to its first reply frame out):
+        // network, jitter buffer and playback come on top, so the page says so.
+        ui.latency.textContent = `turn ${message.turn_id}: ${Math.round(message.voice_to_voice_ms)} ms voice-to-voice (server-side)`;
+        ui.latency.title = SERVER_LATENCY_NOTE;
       }
       break;
     case "error":

@@ -84,7 +84,9 @@ export class TranscriptView {
       li.append(badge);
     }
     badge.textContent = `${Math.round(ms)} ms`;
-    badge.title = "voice-to-voice: your last word to the agent's first sound";
+    badge.title =
+      "server-side voice-to-voice: the server's last received speech sample to its first " +
+      "reply frame sent (network and playback add to what you hear)";
   }
 
   interrupted(turnId, heardText) {
