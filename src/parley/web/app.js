@@ -103,6 +103,9 @@ function onServerEvent(message) {
     case "transcript.revised":
       transcript.final(message.turn_id, message.segment_id, message.text);
       break;
+    case "turn.ended":
+      transcript.ended(message.turn_id);
+      break;
     case "agent.text":
       transcript.agentText(message.turn_id, message.text);
       break;

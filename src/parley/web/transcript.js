@@ -62,6 +62,13 @@ export class TranscriptView {
     span.textContent = `${text} `;
   }
 
+  ended(turnId) {
+    // The turn's words are its finals: partials left in its row are stale (a turn the
+    // server dropped for having no words gives its number to the next one).
+    const li = this.userItems.get(turnId);
+    if (li) for (const span of li.querySelectorAll(".partial")) span.remove();
+  }
+
   userText(turnId, text) {
     const li = this.#item(this.userItems, turnId, "user");
     if (!li.querySelector(".final")) this.final(turnId, 0, text);
