@@ -11,7 +11,7 @@ from typing import Any
 
 from parley.orchestration.envelope import ToolCall
 from parley.orchestration.tools import ToolArgumentsError, ToolRegistry
-from parley.store import Store
+from parley.store import Lease, Store
 from parley.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -32,12 +32,24 @@ class ToolLedger:
         self._registry = registry
         self._wait_secs = wait_secs
 
-    async def run(self, turn_id: int, call: ToolCall, *, recovering: bool = False) -> ToolOutcome:
+    async def run(
+        self,
+        turn_id: int,
+        call: ToolCall,
+        *,
+        recovering: bool = False,
+        lease: Lease | None = None,
+    ) -> ToolOutcome:
         """Run ``call`` of turn ``turn_id`` unless it ran (or started) before.
 
         ``recovering``: this process took the turn over from one whose claim lapsed, so
         a call still marked ``running`` was cut off mid-way: it is re-sent with the same
-        idempotency key if the tool is retry-safe, otherwise settled as ``unknown``."""
+        idempotency key if the tool is retry-safe, otherwise settled as ``unknown``.
+
+        ``lease``: the caller's claim on the turn (orchestration endpoint turns). Every
+        record is then written only while that claim holds: a stalled owner whose turn
+        was taken over gets ``LeaseLost`` and neither starts the call nor overwrites the
+        outcome its successor recorded."""
         tool = self._registry.get(call.name)
         problem = None
         if tool is None:
@@ -48,26 +60,26 @@ class ToolLedger:
             except ToolArgumentsError as exc:
                 problem = str(exc)
         execution, created = await self._store.claim_tool(
-            turn_id, call.id, call.name, call.arguments
+            turn_id, call.id, call.name, call.arguments, lease=lease
         )
         if not created:
             if not (recovering and execution.status == "running"):
                 return await self._stored_outcome(turn_id, call.id)
             if tool is None or not tool.retry_safe:
                 result = {"error": "cut off by a crash mid-call; not run again (not retry-safe)"}
-                await self._store.finish_tool(execution.id, "unknown", result)
+                await self._store.finish_tool(execution.id, "unknown", result, lease=lease)
                 return ToolOutcome(call.id, "unknown", result, True)
             log.info("re-sending a call cut off by a crash", tool=call.name, call_id=call.id)
         if problem is not None or tool is None:
             result = {"error": problem or "unknown tool"}
-            await self._store.finish_tool(execution.id, "rejected", result)
+            await self._store.finish_tool(execution.id, "rejected", result, lease=lease)
             return ToolOutcome(call.id, "rejected", result, False)
         try:
             result = await tool.run(call.arguments, f"{turn_id}:{call.id}")
             status = "succeeded"
         except Exception as exc:  # the tool's failure is the call's result, not ours
             result, status = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
-        await self._store.finish_tool(execution.id, status, result)
+        await self._store.finish_tool(execution.id, status, result, lease=lease)
         return ToolOutcome(call.id, status, result, False)
 
     async def _stored_outcome(self, turn_id: int, call_id: str) -> ToolOutcome:

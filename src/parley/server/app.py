@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.state.sessions = {}
     app.state.webrtc_peers = {}
     # Names this process in turn leases, so a turn it left behind can be told apart.
-    app.state.instance_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    app.state.instance_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     secret = settings.server.token_secret
     app.state.tokens = TokenIssuer(
         secret.get_secret_value() if secret else None, settings.server.token_ttl_secs

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable
+from contextlib import suppress
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Header, HTTPException, Request
 from pydantic import BaseModel, Field
@@ -14,7 +16,7 @@ from parley.orchestration import ActionEnvelope, OrchestrationError, Orchestrato
 from parley.orchestration.envelope import FALLBACK
 from parley.orchestration.ledger import ToolLedger
 from parley.server.sessions_api import AUTH_RESPONSES, authorize, require_session
-from parley.store import Store, TurnState
+from parley.store import Lease, LeaseLost, Store, TurnState
 from parley.store.models import Turn
 from parley.telemetry import get_logger
 
@@ -24,6 +26,7 @@ router = APIRouter(prefix="/v1/sessions", tags=["turns"])
 
 REPLAY_WAIT_SECS = 60.0
 FINISHED = (TurnState.COMPLETED.value, TurnState.FAILED.value)
+T = TypeVar("T")
 
 
 class TurnRequest(BaseModel):
@@ -62,6 +65,11 @@ class TurnResponse(BaseModel):
         **AUTH_RESPONSES,
         404: {"description": "unknown session"},
         409: {"description": "key reused for another request, or the turn is still running"},
+        503: {
+            "description": "this server lost its claim on the turn mid-way (taken over, or "
+            "the database unreachable until the lease lapsed); nothing half-done was "
+            "returned: retry with the same key"
+        },
     },
 )
 async def create_turn(
@@ -84,7 +92,7 @@ async def create_turn(
     await require_session(request, session_id)
     await store.begin_turn(session_id, body.idempotency_key, user_text=body.text)
     owner: str = request.app.state.instance_id
-    lease: float = request.app.state.settings.server.turn_lease_secs
+    lease_secs: float = request.app.state.settings.server.turn_lease_secs
     deadline = time.monotonic() + REPLAY_WAIT_SECS
     while True:
         current = await store.find_turn(session_id, body.idempotency_key)
@@ -96,21 +104,33 @@ async def create_turn(
             return _stored_response(current)
         if current.state not in (TurnState.RECEIVED.value, TurnState.PROCESSING.value):
             raise HTTPException(409, f"the turn with this key ended as {current.state}")
-        claimed = await store.claim_turn(current.id, owner, lease)
+        asked = time.monotonic()
+        claimed = await store.claim_turn(current.id, owner, lease_secs)
         if claimed is not None:
-            return await _process(request, *claimed, body, owner, lease)
+            # The database set the lease to expire ``lease_secs`` after it ran the claim,
+            # which was after ``asked``: ``asked + lease_secs`` is a safe local bound.
+            work = _process(request, claimed.turn, claimed.recovering, body, claimed.lease)
+            try:
+                return await hold_lease(store, claimed.lease, lease_secs, work, asked + lease_secs)
+            except LeaseLost as exc:
+                raise HTTPException(
+                    503,
+                    f"this server lost its claim on the turn ({exc}); "
+                    "retry with the same idempotency key",
+                ) from exc
         if time.monotonic() > deadline:
             raise HTTPException(409, "the turn with this key is still being processed")
         await asyncio.sleep(0.05)
 
 
 async def _process(
-    request: Request, turn: Turn, recovering: bool, body: TurnRequest, owner: str, lease: float
+    request: Request, turn: Turn, recovering: bool, body: TurnRequest, lease: Lease
 ) -> TurnResponse:
+    """The claimed turn's work; every write it makes shows ``lease`` (``LeaseLost`` once
+    another process took the turn over)."""
     store: Store = request.app.state.store
     orchestrator: Orchestrator = request.app.state.orchestrator
     ledger: ToolLedger = request.app.state.ledger
-    heartbeat = asyncio.create_task(_keep_lease(store, turn.id, owner, lease))
     try:
         checkpoint = turn.result or {}
         error: str | None = None
@@ -124,10 +144,10 @@ async def _process(
                 # The user hears a short apology, never the malformed output.
                 envelope, error = FALLBACK, str(exc)
             if error is None:
-                await store.checkpoint(turn.id, _result(envelope, []))
+                await store.checkpoint(turn.id, _result(envelope, []), lease=lease)
         results: list[ToolResult] = []
         for call in envelope.tool_calls:  # in order: a later call may depend on an earlier
-            done = await ledger.run(turn.id, call, recovering=recovering)
+            done = await ledger.run(turn.id, call, recovering=recovering, lease=lease)
             results.append(
                 ToolResult(call_id=call.id, tool=call.name, status=done.status, result=done.result)
             )
@@ -135,13 +155,15 @@ async def _process(
         state = TurnState.COMPLETED
         if error is not None:
             state, outcome["error"] = TurnState.FAILED, error
-        await store.transition(turn.id, state, result=outcome)
+        await store.transition(turn.id, state, result=outcome, lease=lease)
+    except LeaseLost:
+        raise  # not ours to free any more
     except BaseException:
-        # Aborted (client gone, shutdown): free the claim so a retry resumes at once.
-        await asyncio.shield(store.renew_lease(turn.id, owner, 0.0))
+        # Aborted (client gone, shutdown, lease lost): free the claim so a retry resumes at
+        # once. Fenced: a claim that was lost frees nothing.
+        with suppress(Exception):
+            await asyncio.shield(store.renew(lease, 0.0))
         raise
-    finally:
-        heartbeat.cancel()
     return TurnResponse(
         turn_seq=turn.seq,
         idempotency_key=body.idempotency_key,
@@ -153,12 +175,63 @@ async def _process(
     )
 
 
-async def _keep_lease(store: Store, turn_id: int, owner: str, lease: float) -> None:
+async def hold_lease(
+    store: Store, lease: Lease, lease_secs: float, work: Awaitable[T], valid_until: float
+) -> T:
+    """Run ``work`` while renewing ``lease`` every third of ``lease_secs``; ``valid_until``
+    (``time.monotonic()``) is a safe bound on when the claim lapses if never renewed.
+
+    When the claim is lost — another process took the turn over, or renewals kept failing
+    until the lease would have lapsed — the work is cancelled (it must not go on writing
+    or calling tools as if it still owned the turn) and ``LeaseLost`` is raised."""
+    task = asyncio.ensure_future(work)
+    keeper = asyncio.create_task(_keep_lease(store, lease, lease_secs, valid_until))
+    try:
+        await asyncio.wait({task, keeper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        keeper.cancel()
+        if not task.done():
+            task.cancel()
+            # Let the work unwind (its own cleanup) before answering.
+            await asyncio.gather(task, return_exceptions=True)
+    if task.cancelled() and keeper.done() and not keeper.cancelled():
+        raise LeaseLost(f"claim on turn {lease.turn_id} lost while working on it")
+    return task.result()
+
+
+async def _keep_lease(store: Store, lease: Lease, lease_secs: float, valid_until: float) -> None:
+    """Renew until the claim is lost, then return (the caller cancels the work)."""
+    delay = lease_secs / 3
     while True:
-        await asyncio.sleep(lease / 3)
-        if not await store.renew_lease(turn_id, owner, lease):
-            log.warning("lost the claim on a turn", turn_id=turn_id)
+        await asyncio.sleep(max(0.0, min(delay, valid_until - time.monotonic())))
+        asked = time.monotonic()
+        if asked >= valid_until:
+            log.error(
+                "lease lapsed while the database could not be reached; stopping the turn",
+                turn_id=lease.turn_id,
+            )
             return
+        try:
+            # A renewal that hangs past the lease is as good as a failed one.
+            renewed = await asyncio.wait_for(store.renew(lease, lease_secs), valid_until - asked)
+        except Exception as exc:  # the database: keep trying while the lease holds
+            log.warning(
+                "lease renewal failed; retrying while the lease holds",
+                turn_id=lease.turn_id,
+                error=f"{type(exc).__name__}: {exc}",
+                secs_left=round(valid_until - time.monotonic(), 3),
+            )
+            delay = lease_secs / 10
+            continue
+        if not renewed:
+            log.warning(
+                "lost the claim on a turn (taken over); stopping its work",
+                turn_id=lease.turn_id,
+                owner=lease.owner,
+                fence=lease.token,
+            )
+            return
+        valid_until, delay = asked + lease_secs, lease_secs / 3
 
 
 def _result(envelope: ActionEnvelope, tools: list[ToolResult]) -> dict[str, Any]:

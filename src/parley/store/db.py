@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import ColumnElement, Connection, Float, event, literal_column, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -19,6 +19,9 @@ from sqlalchemy.ext.asyncio import (
 
 DEFAULT_URL = "sqlite+aiosqlite:///parley.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x7061726C6579  # "parley": the pg_advisory_xact_lock key of migrate()
+_READ_ONLY = "parley_read_only"
+"""Execution option: a SQLite transaction that only reads (BEGIN DEFERRED)."""
 
 
 def database_url(url: str | None = None) -> str:
@@ -41,22 +44,55 @@ class Database:
         self.url = database_url(url)
         self.engine: AsyncEngine = create_async_engine(self.url, **engine_kwargs)
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_connect)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
+    @property
+    def is_postgresql(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
     @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        """A unit of work: committed on success, rolled back on error."""
+    async def session(self, *, read_only: bool = False) -> AsyncIterator[AsyncSession]:
+        """A unit of work: committed on success, rolled back on error.
+
+        On SQLite a unit of work takes the write lock when it begins (BEGIN IMMEDIATE),
+        so a read-check-write cannot interleave with another writer's; ``read_only``
+        ones begin deferred and never wait for writers (WAL)."""
         async with self._sessions() as session, session.begin():
+            if read_only and self.is_sqlite:
+                # Procures the connection, and begins it, with the option the begin
+                # listener reads.
+                await session.connection(execution_options={_READ_ONLY: True})
             yield session
 
+    def clock(self) -> ColumnElement[float]:
+        """The database's time now, in epoch seconds, as an SQL expression: leases are
+        set and compared on one clock whatever the app servers' clocks say."""
+        if self.is_sqlite:
+            # julianday() is a double: ~10 µs resolution at today's dates.
+            return literal_column("((julianday('now') - 2440587.5) * 86400.0)", Float)
+        # clock_timestamp(), not now(): a statement that waited on a lock sees the time
+        # it runs, not the time its transaction began.
+        return literal_column(
+            "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)", Float
+        )
+
     async def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+        """Bring the schema to the newest Alembic revision.
+
+        Safe when several processes start at once: on PostgreSQL a transaction-scoped
+        advisory lock makes the others wait and then find the schema current; on SQLite
+        the migration's transaction holds the write lock from its first statement."""
         async with self.engine.begin() as connection:
+            if self.is_postgresql:
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
             await connection.run_sync(_upgrade)
 
     async def close(self) -> None:
@@ -73,7 +109,11 @@ def _upgrade(connection: Any) -> None:
     command.upgrade(config, "head")
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # The driver would BEGIN (deferred) only at the first write, so a unit of work that
+    # reads, checks and writes could interleave with another's; with its own transaction
+    # handling off, _sqlite_begin emits BEGIN itself (SQLAlchemy's documented recipe).
+    dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     # Foreign keys (for ON DELETE CASCADE) are off in SQLite unless asked for per connection;
     # WAL lets readers work while a turn is being written; with WAL, synchronous=NORMAL
@@ -84,3 +124,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # IMMEDIATE takes the write lock now (waiting up to busy_timeout for it): two units
+    # of work never both read a state and then both write. A deferred transaction that
+    # read first would instead fail with SQLITE_BUSY when it tried to write.
+    read_only = connection.get_execution_options().get(_READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")

@@ -5,12 +5,26 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+OWNER_MAX = 64
+"""Width of ``turns.owner``; longer process names are shortened (``Store.owner_id``)."""
 
 
 class Base(DeclarativeBase):
@@ -39,25 +53,35 @@ class SessionRecord(Base):
 
 class Turn(Base):
     __tablename__ = "turns"
-    __table_args__ = (UniqueConstraint("session_id", "idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("session_id", "idempotency_key"),
+        # A unique index rather than a constraint: the same guarantee, and SQLite can add
+        # it without recreating the table (migration 0003).
+        Index("uq_turns_session_seq", "session_id", "seq", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(
         ForeignKey("sessions.id", ondelete="CASCADE"), index=True
     )
     seq: Mapped[int] = mapped_column(Integer)
-    """The session's turn number (the voice loop's turn_id)."""
+    """The session's turn number, unique in the session."""
     idempotency_key: Mapped[str] = mapped_column(String(128))
     state: Mapped[str] = mapped_column(String(16))
     user_text: Mapped[str | None] = mapped_column(Text)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
-    owner: Mapped[str | None] = mapped_column(String(64))
+    owner: Mapped[str | None] = mapped_column(String(OWNER_MAX))
     """The process working on the turn (orchestration endpoint turns only)."""
-    lease_expires_at: Mapped[datetime | None]
-    """Until when ``owner``'s claim holds; it renews it while it works. A lapsed lease
-    means the owner died: another process may take the turn over."""
+    fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Fencing token: +1 on every claim. Each write by the owner checks owner and fence
+    in the same statement, so one that lost the turn cannot overwrite its successor's."""
+    lease_until: Mapped[float | None] = mapped_column(Float)
+    """Until when ``owner``'s claim holds, in epoch seconds on the DATABASE's clock; it
+    renews it while it works. A lapsed lease means the owner died or stalled: another
+    process may take the turn over. (0002's ``lease_expires_at``, on the app servers'
+    clocks, is no longer used; 0003 leaves the column in place.)"""
 
 
 class TurnTransition(Base):

@@ -38,3 +38,15 @@ def check_transition(current: TurnState, new: TurnState) -> None:
 
 def is_final(state: TurnState) -> bool:
     return not ALLOWED[state]
+
+
+class TurnTransitionLost(TurnTransitionError):
+    """The turn changed between reading its state and writing the new one: another
+    writer moved it first (e.g. it was cancelled while it completed). The stored state is
+    the other writer's; this transition did not happen."""
+
+
+class LeaseLost(RuntimeError):
+    """A claimed turn's owner wrote after losing the claim (its lease lapsed and another
+    process took the turn over, or it freed it): the write was refused, the stored turn is
+    the new owner's. The work must stop."""
