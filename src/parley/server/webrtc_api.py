@@ -60,7 +60,9 @@ async def webrtc_offer(
     peers: dict[str, WebRTCPeer] = app.state.webrtc_peers
     previous = peers.pop(session_id, None)
     if previous is not None:
-        await previous.close("replaced by a new connection")
+        # Told (``session_taken_over``) and closed; its voice session is closed before
+        # the new peer's opens (the same rule as for the WebSocket, see voice_runtime).
+        previous.take_over()
     if len(peers) >= app.state.settings.webrtc.max_peers:
         raise HTTPException(503, "too many WebRTC connections; try again later")
     peer = WebRTCPeer(app, session_id)

@@ -15,6 +15,10 @@ class OutboundOverflow(RuntimeError):
     """The client is not reading: the queue hit its bound."""
 
 
+class OutboundFinished(Exception):
+    """Everything queued before :meth:`OutboundQueue.finish` has been taken."""
+
+
 class OutboundQueue:
     """Implements :class:`parley.voice.events.SessionSink` for a transport's sender task."""
 
@@ -23,6 +27,7 @@ class OutboundQueue:
         self._ready = asyncio.Event()
         self._max = max_items
         self.overflowed = False
+        self._finished = False
 
     def _put(self, item: Item) -> None:
         if len(self._items) >= self._max:
@@ -43,10 +48,18 @@ class OutboundQueue:
         self._items.clear()
         self._items.extend(kept)
 
+    def finish(self) -> None:
+        """No more items: :meth:`get` hands out what is queued, then raises
+        :class:`OutboundFinished` (the sender's cue to stop once the last word is out)."""
+        self._finished = True
+        self._ready.set()
+
     async def get(self) -> Item:
         while not self._items:
             if self.overflowed:
                 raise OutboundOverflow("client is not reading its messages")
+            if self._finished:
+                raise OutboundFinished
             self._ready.clear()
             await self._ready.wait()
         return self._items.popleft()

@@ -123,6 +123,13 @@ function onServerEvent(message) {
       }
       break;
     case "error":
+      if (message.code === "session_taken_over") {
+        // Another tab or window holds the session now: reconnecting from here would
+        // take it back from there, and the two would fight. Stop; the user decides.
+        stop({ end: false });
+        banner("This session was opened in another tab or window — press Start to take it back.", "info");
+        break;
+      }
       banner(`Server: ${message.message}`);
       break;
   }
@@ -233,11 +240,13 @@ async function start() {
   }
 }
 
-function stop() {
+// ``end``: end the session on the server too (the Stop button); false when the
+// session lives on elsewhere (taken over by another tab).
+function stop({ end = true } = {}) {
   running = false;
   status.connected = false;
   if (connection) {
-    connection.send({ type: "end" });
+    if (end) connection.send({ type: "end" });
     connection.close();
     connection = null;
   }
@@ -253,7 +262,7 @@ function stop() {
 
 ui.consent.addEventListener("change", setControls);
 ui.start.addEventListener("click", start);
-ui.stop.addEventListener("click", stop);
+ui.stop.addEventListener("click", () => stop());
 ui.mute.addEventListener("click", () => {
   muted = !muted;
   ui.mute.setAttribute("aria-pressed", String(muted));

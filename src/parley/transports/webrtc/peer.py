@@ -21,7 +21,7 @@ from aiortc.mediastreams import MediaStreamError
 from parley.config import WebRTCSettings
 from parley.telemetry import get_logger
 from parley.transports.control import apply_control
-from parley.transports.voice_runtime import close_voice_session, open_voice_session
+from parley.transports.voice_runtime import LiveSession, open_voice_session, taken_over_event
 from parley.transports.webrtc.tracks import AgentAudioTrack, InboundResampler
 from parley.voice.events import Event, event
 from parley.voice.session import SessionOverloaded, VoiceSession
@@ -33,6 +33,9 @@ OPEN_DEADLINE_SECS = 30.0
 _JITTER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"  # aiortc 1.16's private name
 MAX_CHANNEL_BUFFER = 4 * 1024 * 1024
 """Bytes of events the client has not taken yet: above it the client is not reading."""
+LINGER_SECS = 0.2
+"""How long a last event (a goodbye, an error) is given to leave before a close: aiortc
+queues data channel messages and would otherwise reset the stream ahead of them."""
 
 
 def ice_configuration(settings: WebRTCSettings) -> RTCConfiguration:
@@ -86,7 +89,8 @@ class WebRTCPeer:
     voice loop, the agent's voice goes out on :class:`AgentAudioTrack`, and the ``parley``
     data channel carries events and control messages. The voice session starts when the
     data channel opens (so the client sees every event, the greeting's included) and ends
-    when the channel or the connection closes."""
+    when the channel or the connection closes. A connection has one ``parley`` channel:
+    a second one is answered with an ``error`` (``duplicate_channel``) and closed."""
 
     def __init__(self, app: Any, session_id: str) -> None:
         self.app = app
@@ -94,7 +98,7 @@ class WebRTCPeer:
         self.pc = RTCPeerConnection(ice_configuration(app.state.settings.webrtc))
         self.track = AgentAudioTrack()
         self.sink = DataChannelSink(self.track, self._overflowed)
-        self.session: VoiceSession | None = None
+        self.live: LiveSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
@@ -115,24 +119,52 @@ class WebRTCPeer:
         self._spawn(self._expire_if_never_opened(), "webrtc-open-deadline")
         return description
 
+    @property
+    def session(self) -> VoiceSession | None:
+        """The voice session, while it runs (not before the channel opens, nor once it is
+        closing)."""
+        if self.live is None or self.live.closing:
+            return None
+        return self.live.session
+
     async def _expire_if_never_opened(self) -> None:
         # A client that took the answer and never connected must not hold a slot.
         await asyncio.sleep(OPEN_DEADLINE_SECS)
-        if self.session is None:
+        if self.live is None:
             await self.close("the data channel never opened")
 
     # ---- aiortc callbacks ----------------------------------------------------------------
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Any, name: str, *, vital: bool = False) -> None:
+        """Run ``coro`` for this connection. A failure is logged; a ``vital`` task's (the
+        session's start, the microphone) also ends the connection, after an ``error``
+        event: a session that cannot hear must not run on deaf."""
         task = asyncio.ensure_future(coro)
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda t: self._task_done(t, vital))
+
+    def _task_done(self, task: asyncio.Task[Any], vital: bool) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        failure = task.exception()
+        log.error("webrtc task failed", task=task.get_name(), error=repr(failure), exc_info=failure)
+        if vital and not self.closed.is_set():
+            self.sink.send_event(
+                event(
+                    "error",
+                    code="internal_error",
+                    message=f"the server failed ({task.get_name()}: {type(failure).__name__}); "
+                    "this connection is closed, reconnect to resume the session",
+                )
+            )
+            self.close_soon(f"{task.get_name()} failed", linger=True)
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
             self._tune_jitter_buffer(track)
-            self._spawn(self._pump_microphone(track), "webrtc-mic")
+            self._spawn(self._pump_microphone(track), "webrtc-mic", vital=True)
 
     def _tune_jitter_buffer(self, track: MediaStreamTrack) -> None:
         """aiortc fixes its audio jitter buffer at 4 frames of prefetch and offers no
@@ -149,10 +181,16 @@ class WebRTCPeer:
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label != CHANNEL_LABEL:
             return
+        if self.sink.channel is not None:
+            # One connection, one voice session: a second channel would start another
+            # session on the same audio (and the first one would be left running).
+            log.warning("refused a second parley data channel")
+            self._spawn(self._refuse_channel(channel), "webrtc-refuse-channel")
+            return
         channel.on("message", self._on_message)
         channel.on("close", lambda: self.close_soon("data channel closed"))
         self.sink.attach(channel)
-        self._spawn(self._start_session(), "webrtc-session")
+        self._spawn(self._start_session(), "webrtc-session", vital=True)
 
     def _on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -172,15 +210,39 @@ class WebRTCPeer:
         if apply_control(self.session, message, limit) == "end":
             self._spawn(self._end(), "webrtc-end")
 
+    async def _refuse_channel(self, channel: RTCDataChannel) -> None:
+        refusal = event(
+            "error",
+            code="duplicate_channel",
+            message=f"this connection already has a {CHANNEL_LABEL!r} data channel; "
+            "only one is allowed and this one is closed",
+        )
+        if channel.readyState != "open":
+            opened = asyncio.Event()
+            channel.on("open", opened.set)
+            await asyncio.wait_for(opened.wait(), OPEN_DEADLINE_SECS)
+        channel.send(json.dumps(refusal))
+        await asyncio.sleep(LINGER_SECS)
+        channel.close()
+
     # ---- the session -----------------------------------------------------------------------
 
     async def _start_session(self) -> None:
-        self.session = await open_voice_session(self.app, self.session_id, self.sink)
+        live = await open_voice_session(self.app, self.session_id, self.sink, self.take_over)
+        self.live = live
         if self.closed.is_set() or self._closing is not None:
-            await close_voice_session(self.app, self.session)
+            await live.close()
             return
-        await self.session.start()
+        await live.session.start()
         log.info("webrtc session opened")
+
+    def take_over(self) -> None:
+        """A newer connection takes this session: tell the client, then close."""
+        if self._closing is not None or self.closed.is_set():
+            return  # already told (a new offer, then its channel opening) or going anyway
+        log.info("webrtc connection taken over")
+        self.sink.send_event(taken_over_event())
+        self.close_soon("taken over by a newer connection", linger=True)
 
     async def _pump_microphone(self, track: MediaStreamTrack) -> None:
         resampler = InboundResampler()
@@ -204,16 +266,21 @@ class WebRTCPeer:
                 overloaded = True
 
     async def _end(self) -> None:
-        await asyncio.sleep(0.1)  # let the goodbye event leave
+        await asyncio.sleep(LINGER_SECS)  # let the goodbye event leave
         await self.close("client ended the session")
 
     def _overflowed(self) -> None:
         log.warning("closing: client stopped reading its data channel")
         self.close_soon("client not reading")
 
-    def close_soon(self, reason: str) -> None:
+    def close_soon(self, reason: str, *, linger: bool = False) -> None:
         if self._closing is None and not self.closed.is_set():
-            self._closing = asyncio.ensure_future(self.close(reason))
+            self._closing = asyncio.ensure_future(self._close_after(reason, linger))
+
+    async def _close_after(self, reason: str, linger: bool) -> None:
+        if linger:
+            await asyncio.sleep(LINGER_SECS)
+        await self.close(reason)
 
     async def close(self, reason: str = "closed") -> None:
         if self.closed.is_set():
@@ -223,8 +290,8 @@ class WebRTCPeer:
         peers: dict[str, WebRTCPeer] = self.app.state.webrtc_peers
         if peers.get(self.session_id) is self:
             del peers[self.session_id]
-        if self.session is not None:
-            await close_voice_session(self.app, self.session)
+        if self.live is not None:
+            await self.live.close()
         self.track.stop()
         with contextlib.suppress(Exception):
             await self.pc.close()
