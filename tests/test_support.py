@@ -128,3 +128,32 @@ async def test_a_stuck_inference_call_times_out_for_its_caller():
         assert lane.pending == 0
     finally:
         lane.shutdown()
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+async def test_a_call_whose_caller_gave_up_never_runs_later(timeout):
+    """A queued call whose caller was cancelled (a superseded draft transcription) is
+    dropped from the lane, not run for nobody while live callers wait behind it."""
+    import asyncio
+    import threading
+
+    from parley.engines.lanes import InferenceLane
+
+    lane = InferenceLane("test", 1, timeout=timeout)
+    release = threading.Event()
+    ran: list[str] = []
+    try:
+        busy = asyncio.create_task(lane.run(release.wait, 5))
+        await asyncio.sleep(0.05)  # the lane's one thread is busy now
+        queued = asyncio.create_task(lane.run(ran.append, "abandoned"))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        release.set()
+        await busy
+        await lane.run(ran.append, "next")
+        assert ran == ["next"]
+    finally:
+        release.set()
+        lane.shutdown()

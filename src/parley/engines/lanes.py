@@ -55,8 +55,16 @@ class InferenceLane:
             if self.timeout is None:
                 return await future
             try:
+                # Shielded so a timeout does not pretend to stop a running thread...
                 return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+            except asyncio.CancelledError:
+                # ...but a caller that gave up (a superseded draft, a closed session) must
+                # not leave its call queued: it would occupy the lane for nothing. This
+                # cancels it if it has not started (a running one cannot be stopped).
+                future.cancel()
+                raise
             except TimeoutError:
+                future.cancel()  # still queued behind a stuck call: never run it late
                 log.error("inference call stuck", lane=self.name, seconds=self.timeout)
                 raise
         finally:
