@@ -10,37 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from inprocess_server import FixedSTT, LoudnessVAD, SureEOU, ToneTTS
 from parley.config import Settings
 from parley.engines import ChatMessage, EngineError, Engines, Transcript
-
-
-class LoudnessVAD:
-    """Speech = loud window. Deterministic, so the test controls the turn exactly."""
-
-    window_samples = 512
-
-    def stream(self) -> LoudnessVAD:
-        return self
-
-    async def probability(self, window: np.ndarray) -> float:
-        return 1.0 if float(np.abs(window).mean()) > 0.05 else 0.0
-
-
-class FixedSTT:
-    busy = False
-
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
-        return Transcript("What time is it?", 1.0)
-
-
-class SureEOU:
-    async def completion_probability(self, audio: np.ndarray) -> float:
-        return 1.0
-
-
-class ToneTTS:
-    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
-        yield np.full(1600, 5000, dtype="<i2")
 
 
 class ScriptedLLM:
