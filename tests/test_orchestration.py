@@ -153,6 +153,29 @@ def test_output_cut_off_mid_way_is_repaired_for_speech_only():
     assert parse_envelope(BOOK % CALL).tool_calls[0].arguments["time"] == "19:00"
 
 
+def test_spoken_text_the_grammar_closed_at_its_bound_keeps_whole_sentences():
+    """The grammar makes a rambling model close its words at SPOKEN_MAX_CHARS (instead
+    of running into the token budget and being asked again); what it wrote there is
+    usually a half word, so only the whole sentences are said."""
+    import json
+
+    from parley.orchestration.envelope import MODEL_SCHEMA, SPOKEN_MAX_CHARS
+
+    assert MODEL_SCHEMA["properties"]["spoken_text"]["maxLength"] == SPOKEN_MAX_CHARS
+    sentence = "She is a great team player and has a positive attitude. "
+    rambling = (sentence * 20)[:SPOKEN_MAX_CHARS]
+    assert not rambling.endswith(". ")
+    envelope = parse_envelope(json.dumps({"spoken_text": rambling, "escalate": False}))
+    assert envelope.spoken_text.endswith("attitude.")
+    assert rambling.startswith(envelope.spoken_text)
+    assert len(envelope.spoken_text) > SPOKEN_MAX_CHARS - len(sentence)
+    # Under the bound nothing is cut, whatever it ends with; one long clause is kept.
+    short = "The store opens at nine and closes"
+    assert parse_envelope(json.dumps({"spoken_text": short})).spoken_text == short
+    clause = "a" * SPOKEN_MAX_CHARS
+    assert parse_envelope(json.dumps({"spoken_text": clause})).spoken_text == clause
+
+
 async def test_turn_requests_need_a_valid_token_and_body(api):
     client, _ = api
     sid, headers = await session_headers(client)

@@ -40,13 +40,25 @@ class ActionEnvelope(BaseModel):
     escalation_reason: str | None = None
 
 
+SPOKEN_MAX_CHARS = 400
+"""Longest spoken text the model may write in an envelope (a few sentences). With the
+grammar a model that rambles must close its words here instead of running into the
+token budget, where its output would be cut off and asked for again (seconds of a small
+model's time on two cores for nonsense input, and still no tool call)."""
+FOLLOW_UP_MAX_CHARS = 120
+
 # What the model is asked to write (and, with llama.cpp, constrained to by a grammar):
-# the envelope's fields that a small model can fill sensibly.
+# the envelope's fields that a small model can fill sensibly, within the bounds the
+# envelope is validated against (the grammar must never allow what validation rejects).
 MODEL_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "spoken_text": {"type": "string"},
-        "follow_up_prompts": {"type": "array", "items": {"type": "string"}},
+        "spoken_text": {"type": "string", "maxLength": SPOKEN_MAX_CHARS},
+        "follow_up_prompts": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": FOLLOW_UP_MAX_CHARS},
+            "maxItems": 4,
+        },
         "escalate": {"type": "boolean"},
     },
     "required": ["spoken_text", "escalate"],
@@ -152,12 +164,24 @@ def _normalise(data: dict[str, Any]) -> None:
     id (the ledger would answer the second with the first one's result), and a stored
     envelope names each call the same way on every replay."""
     if isinstance(data.get("spoken_text"), str):
-        data["spoken_text"] = data["spoken_text"].strip()
+        data["spoken_text"] = _whole_sentences(data["spoken_text"].strip())
     calls = data.get("tool_calls")
     if isinstance(calls, list):
         for index, call in enumerate(calls, start=1):
             if isinstance(call, dict):
                 call["id"] = f"call_{index}"
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def _whole_sentences(spoken: str) -> str:
+    """Spoken text that reached :data:`SPOKEN_MAX_CHARS` (the grammar closed it there,
+    likely mid-word): only its whole sentences are said, when it has any."""
+    if len(spoken) < SPOKEN_MAX_CHARS:
+        return spoken
+    ends = [m.end() for m in _SENTENCE_END.finditer(spoken)]
+    return spoken[: ends[-1]] if ends else spoken
 
 
 class CutOffError(EnvelopeError):
