@@ -39,8 +39,7 @@ from typing import Any
 import numpy as np
 
 import turn_taking_scoring
-from parley.audio.pcm import FRAME_SAMPLES
-from parley.client import SPEECH_SAMPLE_LEVEL, CallClient
+from parley.client import CallClient
 from parley.testing import ServerProcess
 from turn_taking_clips import KINDS, VOICES, Clip, build_clips
 from turn_taking_scoring import (
@@ -69,32 +68,14 @@ SETTLE_TIMEOUT_S = 40.0
 
 @dataclass
 class TimedCall(CallClient):
-    """A CallClient that also tells when an utterance's first speech frame was sent, and
-    keeps each received frame's level (computed once: polling rescans nothing)."""
+    """A CallClient that keeps each received frame's level (computed once: polling
+    rescans nothing)."""
 
-    _onsets: dict[int, tuple[int, asyncio.Future[float]]] = field(default_factory=dict)
     _levels: list[tuple[float, float]] = field(default_factory=list)
 
     async def __aenter__(self) -> TimedCall:
         await super().__aenter__()
         return self
-
-    def say_timed(self, pcm: np.ndarray) -> tuple[asyncio.Future[float], asyncio.Future[float]]:
-        """Queue ``pcm``: futures of the send times of its first and last speech frames."""
-        end = self.say(pcm)
-        loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > SPEECH_SAMPLE_LEVEL)
-        first = int(loud[0]) // FRAME_SAMPLES if loud.size else 0
-        start: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._onsets[id(self._queue[-1])] = (first, start)
-        return start, end
-
-    def next_mic_frame(self, now: float) -> bytes:
-        if self._queue:
-            onset = self._onsets.get(id(self._queue[0]))
-            if onset is not None and self._index == onset[0]:
-                onset[1].set_result(now)
-                del self._onsets[id(self._queue[0])]
-        return super().next_mic_frame(now)
 
     def levels(self) -> list[tuple[float, float]]:
         for frame in self.audio[len(self._levels) :]:

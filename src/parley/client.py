@@ -54,7 +54,9 @@ class ReceivedAudio:
 @dataclass
 class _Utterance:
     frames: list[bytes]
+    first_speech_frame: int
     last_speech_frame: int
+    started: asyncio.Future[float]
     sent: asyncio.Future[float]
 
 
@@ -108,15 +110,22 @@ class CallClient:
     def say(self, pcm: np.ndarray) -> asyncio.Future[float]:
         """Queue int16 16 kHz speech; resolves to the loop time at which the frame holding
         its last speech sample was sent."""
+        return self.say_timed(pcm)[1]
+
+    def say_timed(self, pcm: np.ndarray) -> tuple[asyncio.Future[float], asyncio.Future[float]]:
+        """:meth:`say`, also telling when the frame holding the first speech sample was
+        sent: futures of the loop times of its first and last speech frames."""
         n = -(-pcm.size // FRAME_SAMPLES)
         padded = np.zeros(n * FRAME_SAMPLES, dtype="<i2")
         padded[: pcm.size] = pcm
         loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > SPEECH_SAMPLE_LEVEL)
+        first = int(loud[0]) // FRAME_SAMPLES if loud.size else 0
         last = int(loud[-1]) // FRAME_SAMPLES if loud.size else n - 1
         frames = [padded[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES].tobytes() for i in range(n)]
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Utterance(frames, last, fut))
-        return fut
+        loop = asyncio.get_running_loop()
+        utterance = _Utterance(frames, first, last, loop.create_future(), loop.create_future())
+        self._queue.append(utterance)
+        return utterance.started, utterance.sent
 
     def next_mic_frame(self, now: float) -> bytes:
         """The next 20 ms of the microphone (queued speech, else silence); ``now`` is the
@@ -126,6 +135,8 @@ class CallClient:
             return SILENCE
         utt = self._queue[0]
         frame = utt.frames[self._index]
+        if self._index == utt.first_speech_frame and not utt.started.done():
+            utt.started.set_result(now)
         if self._index == utt.last_speech_frame and not utt.sent.done():
             utt.sent.set_result(now)
         self._index += 1
