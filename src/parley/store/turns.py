@@ -300,13 +300,15 @@ class TurnStore:
             turn_id=lease.turn_id,
             write=what,
             owner=lease.owner,
-            token=lease.token,
+            # "fence", not "token": a "token=" in a log line is masked as a secret, and this
+            # is no secret but the number that says which claim won.
+            fence=lease.token,
             holder=None if turn is None else turn.owner,
-            holder_token=None if turn is None else turn.fence,
+            holder_fence=None if turn is None else turn.fence,
             state=None if turn is None else turn.state,
         )
         return LeaseLost(
-            f"{what} of turn {lease.turn_id} refused: {lease.owner} (token {lease.token}) "
+            f"{what} of turn {lease.turn_id} refused: {lease.owner} (fence {lease.token}) "
             "no longer holds it"
         )
 
