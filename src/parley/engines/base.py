@@ -21,6 +21,9 @@ class Transcript:
     text: str
     duration_ms: float
     """Wall time the transcription took."""
+    avg_logprob: float | None = None
+    """The model's mean log-probability per token of the text, where it gives one: how
+    sure it is of the words (a few invented on a hum score far lower)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,4 +81,12 @@ class VoiceActivityDetector(Protocol):
 class EndOfTurnModel(Protocol):
     async def completion_probability(self, audio: np.ndarray) -> float:
         """Probability that the user has finished their turn, given the turn's audio so far."""
+        ...
+
+
+@runtime_checkable
+class TextEndOfTurnModel(Protocol):
+    async def completion_probability(self, context: Sequence[ChatMessage], user_text: str) -> float:
+        """Probability that the user's message is whole after ``user_text``, given the
+        conversation before it."""
         ...

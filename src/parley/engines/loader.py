@@ -11,6 +11,7 @@ from parley.engines.base import (
     EndOfTurnModel,
     LanguageModel,
     SpeechToText,
+    TextEndOfTurnModel,
     TextToSpeech,
     VoiceActivityDetector,
 )
@@ -26,9 +27,13 @@ class Engines:
     tts: TextToSpeech
     vad: VoiceActivityDetector
     eou: EndOfTurnModel
+    eou_text: TextEndOfTurnModel | None = None
+    """The words' end-of-turn model; None when ``turn.text_model`` is off."""
 
     async def close(self) -> None:
-        for engine in (self.stt, self.llm, self.vad, self.eou):
+        for engine in (self.stt, self.llm, self.vad, self.eou, self.eou_text):
+            if engine is None:
+                continue
             aclose = getattr(engine, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -62,8 +67,13 @@ async def load_engines(settings: Settings) -> Engines:
         llm = await asyncio.to_thread(LlamaLLM, settings.llm)
     vad = await asyncio.to_thread(SileroVAD)
     eou = await asyncio.to_thread(SmartTurn, None, settings.stt.device)
+    eou_text: TextEndOfTurnModel | None = None
+    if settings.turn.text_model:
+        from parley.engines.turn_text import TextTurnDetector
+
+        eou_text = await asyncio.to_thread(TextTurnDetector, settings.turn)
     await tts_started
-    engines = Engines(stt=stt, llm=llm, tts=tts, vad=vad, eou=eou)
+    engines = Engines(stt=stt, llm=llm, tts=tts, vad=vad, eou=eou, eou_text=eou_text)
     await warm_up(engines)
     log.info(
         "engines loaded",
@@ -83,6 +93,8 @@ async def warm_up(engines: Engines) -> None:
 
     await engines.stt.transcribe(np.zeros(16_000, dtype=np.float32))
     await engines.eou.completion_probability(np.zeros(16_000, dtype=np.float32))
+    if engines.eou_text is not None:
+        await engines.eou_text.completion_probability([], "Hello")
     async for _ in engines.tts.synthesize("Hello."):
         pass
     if getattr(engines.llm, "device", None) == "remote":

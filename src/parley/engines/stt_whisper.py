@@ -83,14 +83,16 @@ class WhisperSTT:
         wanted = max(n_frames + margin, int(self._settings.min_window_secs * 100))
         return min(MAX_FRAMES, -(-wanted // 100) * 100)
 
-    def _transcribe_blocking(self, audio: np.ndarray) -> str:
+    def _transcribe_blocking(self, audio: np.ndarray) -> tuple[str, float | None]:
         features = self._whisper.feature_extractor(audio)
         # Speech longer than Whisper's 30 s window is read window by window.
         windows = range(0, max(1, features.shape[1]), MAX_FRAMES)
-        texts = [self._transcribe_window(features[:, i : i + MAX_FRAMES]) for i in windows]
-        return " ".join(t for t in texts if t)
+        results = [self._transcribe_window(features[:, i : i + MAX_FRAMES]) for i in windows]
+        scores = [score for text, score in results if text and score is not None]
+        text = " ".join(t for t, _ in results if t)
+        return text, (min(scores) if scores else None)
 
-    def _transcribe_window(self, features: np.ndarray) -> str:
+    def _transcribe_window(self, features: np.ndarray) -> tuple[str, float | None]:
         from faster_whisper.transcribe import get_ctranslate2_storage
 
         n = features.shape[1]
@@ -105,20 +107,23 @@ class WhisperSTT:
             suppress_blank=True,
             suppress_tokens=[-1],
             return_no_speech_prob=True,
+            return_scores=True,
         )
         if result.no_speech_prob > self._settings.no_speech_threshold:
-            return ""
+            return "", None
         eot = self._tokenizer.eot
         tokens = [t for t in result.sequences_ids[0] if t < eot]
-        return clean_transcript(self._tokenizer.decode(tokens))
+        score = float(result.scores[0]) if result.scores else None
+        return clean_transcript(self._tokenizer.decode(tokens)), score
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         start = time.perf_counter()
         try:
-            text = await self._lane.run(self._transcribe_blocking, audio.astype(np.float32))
+            text, score = await self._lane.run(self._transcribe_blocking, audio.astype(np.float32))
         except Exception as exc:  # the model's own errors become one engine error type
             raise EngineError(f"transcription failed: {exc}") from exc
-        return Transcript(text=text, duration_ms=(time.perf_counter() - start) * 1000)
+        elapsed = (time.perf_counter() - start) * 1000
+        return Transcript(text=text, duration_ms=elapsed, avg_logprob=score)
 
     def close(self) -> None:
         self._lane.shutdown()

@@ -1,12 +1,20 @@
-"""Barge-in: user speech while the agent talks. A real interruption (it has words) stops
-the reply at once and becomes the next turn, with every other stretch of speech that
-overlapped it; short or word-less sounds (coughs, "mm-hm") are ignored."""
+"""Barge-in: the caller's speech while the agent talks.
+
+At its first window the agent's voice is ducked (unless the speech is the agent's own
+echo), so the caller hears at once that they were heard. From ``min_duration`` on it is
+transcribed every ``check_interval`` and once more when it ends: words that are not a
+backchannel ("no", "wait", "sorry, that's…") stop the reply; a backchannel ("yeah",
+"mm-hmm", "got it"), a cough or noise (no words) or an echo restore the volume and the
+agent goes on. Speech with words longer than ``max_backchannel_secs`` interrupts too.
+"""
 
 from __future__ import annotations
 
-from parley.engines import EngineError
+from parley.engines import EngineError, Transcript
 from parley.store import TurnState
 from parley.telemetry import get_logger
+from parley.voice.backchannel import Overlap, classify_overlap, repeats_agent
+from parley.voice.echo import echo_similarity
 from parley.voice.events import event
 from parley.voice.session_core import SessionCore
 from parley.voice.turns import Segment
@@ -15,33 +23,114 @@ log = get_logger(__name__)
 
 
 class BargeIn(SessionCore):
-    async def _check_barge_in(self, seg: Segment) -> bool:
-        """Is this overlapping speech a real interruption? It must yield words."""
-        try:
-            result = await self.engines.stt.transcribe(seg.samples())
-        except EngineError:
-            result = None
-        finally:
-            seg.check = None
-        words = 0 if result is None else len(result.text.split())
+    def _overlap_started(self, seg: Segment) -> None:
+        """Speech began over a confirmed reply."""
+        seg.echo = self._sounds_like_echo(seg)
+        if not seg.echo and self.settings.interruption.enabled:
+            self._set_agent_gain(self.settings.interruption.duck_gain)
+
+    def _overlap_continues(self, seg: Segment, speech_secs: float) -> None:
+        cfg = self.settings.interruption
+        seg.speech_secs = speech_secs
         if (
-            result is None
-            or words < self.settings.interruption.min_words
-            or not seg.overlap
-            or self._reply is None
-            or not self._reply.confirmed
+            cfg.enabled
+            and seg.check is None
+            and speech_secs >= cfg.min_duration
+            and speech_secs - seg.last_check_secs >= cfg.check_interval
         ):
-            self._overlap_settled(seg)
+            seg.last_check_secs = speech_secs
+            seg.check = self._spawn(self._check_barge_in(seg))
+
+    def _overlap_stopped(self, seg: Segment, speech_secs: float) -> None:
+        seg.speech_secs = speech_secs
+        if seg.check is not None:
+            return  # the running check sees that it stopped and judges it whole
+        cfg = self.settings.interruption
+        # Shorter speech never interrupts: on a hum or a click of a few hundred ms Whisper
+        # invents words ("Hey, Cap.").
+        if cfg.enabled and speech_secs >= cfg.min_duration:
+            seg.check = self._spawn(self._check_barge_in(seg))
+        else:
+            self._overlap_settled(seg, Overlap.NOTHING, "")
+
+    def _sounds_like_echo(self, seg: Segment) -> bool:
+        reply = self._reply
+        if reply is None or reply.playout.echo is None:
             return False
-        self._barge_in(reason="speech", words=words)
-        return True
+        seg.echo_similarity = echo_similarity(seg.samples(), reply.playout.echo.recent())
+        return seg.echo_similarity >= self.settings.interruption.echo_threshold
 
-    def _overlap_settled(self, seg: Segment) -> None:
-        """``seg``'s check said "not an interruption": once it has stopped, it is dropped."""
-        if seg.stopped and seg.check is None and seg in self._overlaps:
+    async def _check_barge_in(self, seg: Segment) -> bool:
+        """Judge the overlap ``seg`` from its words so far; stop the reply if it is a real
+        interruption. Loops once more if the speech ended while it was being transcribed."""
+        while True:
+            finished = seg.stopped
+            seg.echo = self._sounds_like_echo(seg)
+            text = ""
+            if not seg.echo:
+                self._set_agent_gain(self.settings.interruption.duck_gain)
+                try:
+                    result = await self.engines.stt.transcribe(seg.samples())
+                except EngineError:
+                    result = None
+                text = "" if result is None else self._sure_words(result)
+            reply = self._reply
+            if reply is None or not reply.confirmed or not seg.overlap:
+                seg.check = None
+                self._overlap_settled(seg, Overlap.NOTHING, text)
+                return False
+            verdict = classify_overlap(text, finished=finished)
+            if verdict is not Overlap.NOTHING and repeats_agent(text, reply.playout.recent_text()):
+                seg.echo, verdict = True, Overlap.NOTHING
+            log.debug(
+                "overlap check",
+                speech_secs=round(seg.speech_secs, 2),
+                echo_similarity=round(seg.echo_similarity, 2),
+                text=text,
+                verdict=verdict.value,
+            )
+            too_long = seg.speech_secs > self.settings.interruption.max_backchannel_secs
+            if verdict is Overlap.INTERRUPTION or (verdict is not Overlap.NOTHING and too_long):
+                seg.check = None
+                self._barge_in(reason="speech", words=len(text.split()), heard_over=text)
+                return True
+            if finished:
+                seg.check = None
+                self._overlap_settled(seg, verdict, text)
+                return False
+            if not seg.stopped:
+                seg.check = None
+                return False
+            # It ended while being transcribed: judge the whole of it once more.
+
+    def _sure_words(self, result: Transcript) -> str:
+        """The overlap's words, or "" when the model is unsure of them: on a short hum or
+        click Whisper invents a word or two ("I kept", "Hey, Cap.")."""
+        floor = self.settings.interruption.min_avg_logprob
+        if result.avg_logprob is not None and result.avg_logprob < floor:
+            return ""
+        return result.text
+
+    def _overlap_settled(self, seg: Segment, verdict: Overlap, text: str) -> None:
+        """``seg`` was no interruption: the agent goes on at full volume."""
+        if seg in self._overlaps:
             self._overlaps.remove(seg)
+        kind = "echo" if seg.echo else verdict.value
+        if seg.overlap and self._reply is not None:
+            log.info("overlap ignored", kind=kind)
+            self.sink.send_event(event("overlap.ignored", kind=kind, text=text))
+            if self.recorder is not None:
+                self.recorder.event(
+                    "overlap.ignored", self._reply.turn_id, {"kind": kind, "text": text}
+                )
+        if not any(s.check is not None or not s.stopped for s in self._overlaps):
+            self._set_agent_gain(1.0)
 
-    def _barge_in(self, *, reason: str, words: int = 0) -> None:
+    def _set_agent_gain(self, gain: float) -> None:
+        if self._reply is not None:
+            self._reply.playout.gain = gain
+
+    def _barge_in(self, *, reason: str, words: int = 0, heard_over: str = "") -> None:
         reply = self._reply
         if reply is None:
             return
@@ -60,6 +149,7 @@ class BargeIn(SessionCore):
                 reason=reason,
                 heard_text=heard,
                 words=words,
+                caller_text=heard_over,
             )
         )
         log.info("turn interrupted", turn_id=reply.turn_id, reason=reason)
@@ -79,8 +169,8 @@ class BargeIn(SessionCore):
         while its check ran, the one still going on — joins the user's next turn, in order."""
         segments, self._overlaps = self._overlaps, []
         for seg in segments:
-            if not seg.overlap:
-                continue
+            if not seg.overlap or (seg.echo and seg.stopped):
+                continue  # a finished echo of the agent is nobody's turn
             seg.overlap = False
             created = self._turn is None
             turn = self._ensure_turn(seg.audio)

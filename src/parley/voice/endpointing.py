@@ -1,8 +1,22 @@
-"""End-of-turn decision: Smart Turn on the audio, plus a cheap text hint."""
+"""End-of-turn decision: how long a silence ends the caller's turn, from what the audio
+(Smart Turn) and the words (the text model, a dangling last word) say.
+
+The rule (docs/turn-taking.md draws it): the clearer the evidence that the caller has
+finished, the shorter the silence that ends the turn.
+
+* a dangling last word ("… with", "… my") → ``unfinished_delay``;
+* the words are surely finished, or the words and the audio agree → ``min_endpointing_delay``;
+* one of them says finished (the words, or the audio while the words are not clearly
+  unfinished) → ``sure_secs``;
+* otherwise → ``max_endpointing_delay``.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+
+from parley.config import TurnSettings
 
 # A transcript ending in one of these almost never ends a turn ("I'd like a pizza with...").
 _DANGLING = frozenset(
@@ -14,7 +28,8 @@ _LAST_WORD = re.compile(r"([A-Za-z']+)\W*$")
 
 def ends_with_dangling_word(text: str) -> bool:
     stripped = text.strip()
-    # Whisper puts a full stop on nearly everything, so only ? and ! close a turn by text.
+    # "What are you waiting for?" is whole; whether a question mark is right (Whisper
+    # writes one on cut-off words too: "How long does it take to?") is the text model's call.
     if not stripped or stripped[-1] in "?!":
         return False
     if stripped.endswith(("...", "…")):
@@ -23,16 +38,34 @@ def ends_with_dangling_word(text: str) -> bool:
     return bool(match and match.group(1).lower() in _DANGLING)
 
 
-def text_says_complete(text: str, probability: float, threshold: float) -> bool:
-    """Combine the audio model's P(complete) with what the transcript's text shows.
+@dataclass(frozen=True, slots=True)
+class EndOfTurnEvidence:
+    """What is known once the caller has been silent ``min_endpointing_delay``."""
 
-    A dangling last word vetoes "complete". A question mark makes it complete: Whisper
-    only writes one when the words heard form a whole question, and on synthetic or
-    accented voices Smart Turn often misses the falling pitch of a finished question
-    (it gave 0.02-0.14 to "How many minutes are there in one day?" read by espeak-ng).
-    """
-    if ends_with_dangling_word(text):
-        return False
-    if text.rstrip().endswith("?"):
-        return True
-    return probability >= threshold
+    text: str
+    """The transcript of the turn so far."""
+    p_audio: float
+    """Smart Turn's P(complete) on the turn's audio."""
+    p_text: float | None
+    """The text model's P(the message ends here); None when it is off or failed."""
+
+
+def finish_delay(evidence: EndOfTurnEvidence, cfg: TurnSettings) -> float:
+    """The silence after the caller's last speech that ends their turn."""
+    text = evidence.text
+    if cfg.use_text_hint and ends_with_dangling_word(text):
+        return max(cfg.unfinished_delay, cfg.max_endpointing_delay)
+    audio = evidence.p_audio >= cfg.eou_threshold
+    p_text = evidence.p_text
+    if p_text is None:
+        # No text model: the audio, and a question mark (Whisper writes one for most
+        # whole questions; Smart Turn often misses a synthetic voice's falling pitch).
+        if audio or text.rstrip().endswith("?"):
+            return cfg.min_endpointing_delay
+        return cfg.max_endpointing_delay
+    words = p_text >= cfg.text_threshold
+    if p_text >= cfg.text_sure or (words and audio):
+        return cfg.min_endpointing_delay
+    if words or (audio and p_text >= cfg.text_floor):
+        return min(max(cfg.sure_secs, cfg.min_endpointing_delay), cfg.max_endpointing_delay)
+    return cfg.max_endpointing_delay

@@ -68,6 +68,7 @@ class Listening(SessionCore):
         self._segment = Segment(self._segment_count, [*preroll, window], overlap=overlap)
         if overlap:
             self._overlaps.append(self._segment)
+            self._overlap_started(self._segment)
             return
         if reply is not None:
             self._discard_reply(reply)  # preemptive work on a turn that is not over
@@ -79,15 +80,7 @@ class Listening(SessionCore):
             return
         speech = self._segmenter.speech_secs
         if seg.overlap:
-            cfg = self.settings.interruption
-            if (
-                cfg.enabled
-                and speech >= cfg.min_duration
-                and seg.check is None
-                and speech - seg.last_check_secs >= 0.25
-            ):
-                seg.last_check_secs = speech
-                seg.check = self._spawn(self._check_barge_in(seg))
+            self._overlap_continues(seg, speech)
             return
         silence = self._segmenter.trailing_silence_secs
         if silence == 0.0 and seg.early is not None:
@@ -121,9 +114,7 @@ class Listening(SessionCore):
         seg.stopped = True
         seg.stopped_at = last_speech_at
         if seg.overlap:
-            # A backchannel or cough unless its barge-in check (if one runs) says otherwise.
-            if seg.check is None and seg in self._overlaps:
-                self._overlaps.remove(seg)
+            self._overlap_stopped(seg, self._segmenter.speech_secs)
             return
         self._segment_ended(seg, last_speech_at)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE
+from parley.voice.echo import EchoReference
 from parley.voice.events import SessionSink
 
 FRAME_SECS = FRAME_SAMPLES / SAMPLE_RATE
@@ -41,8 +42,25 @@ class AudioPlayout:
     sentences: list[PlayedSentence] = field(default_factory=list)
     first_frame_at: float | None = None
     """Loop time of the first frame sent."""
+    echo: EchoReference | None = None
+    """Where every frame sent is kept a moment, to recognise it if the microphone hears it."""
+    gain: float = 1.0
+    """The volume frames go out at from now on: lowered ("ducked") while the caller may
+    be interrupting, restored if they were not."""
+    _sent_gain: float = 1.0
     _next_at: float | None = None
     _carry: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype="<i2"))
+
+    def _send(self, frame: np.ndarray, now: float) -> None:
+        if self.echo is not None:
+            self.echo.add(now, frame)
+        start, end = self._sent_gain, self.gain
+        if start != 1.0 or end != 1.0:
+            # A ramp over the frame when the gain changes: a step would click.
+            ramp = np.linspace(start, end, frame.size, dtype=np.float32)
+            frame = (frame.astype(np.float32) * ramp).astype("<i2")
+        self._sent_gain = end
+        self.sink.send_audio(frame.tobytes())
 
     async def play(self, text: str, audio: np.ndarray) -> None:
         """Play one sentence's audio; returns when its last frame has been sent."""
@@ -60,8 +78,7 @@ class AudioPlayout:
             delay = self._next_at - self.lead_secs - now
             if delay > 0:
                 await asyncio.sleep(delay)
-            frame = pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
-            self.sink.send_audio(frame.tobytes())
+            self._send(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], loop.time())
             if self.first_frame_at is None:
                 self.first_frame_at = loop.time()
             self._next_at += FRAME_SECS
@@ -73,7 +90,7 @@ class AudioPlayout:
         if self._carry.size:
             frame = np.zeros(FRAME_SAMPLES, dtype="<i2")
             frame[: self._carry.size] = self._carry
-            self.sink.send_audio(frame.tobytes())
+            self._send(frame, asyncio.get_running_loop().time())
             if self.sentences:
                 self.sentences[-1].played_samples = self.sentences[-1].total_samples
             self._carry = self._carry[:0]
@@ -81,6 +98,10 @@ class AudioPlayout:
             remaining = self._next_at - asyncio.get_running_loop().time()
             if remaining > 0:
                 await asyncio.sleep(remaining)
+
+    def recent_text(self) -> str:
+        """Every word of the reply sent so far (what an echo of it could repeat)."""
+        return " ".join(s.text for s in self.sentences if s.played_samples)
 
     def heard_text(self) -> str:
         """What the listener heard, allowing for the ``lead_secs`` still in flight."""

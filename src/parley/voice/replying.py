@@ -24,7 +24,8 @@ class Replying(SessionCore):
     def _start_reply(
         self, turn_id: int, user_text: str | None, *, script: str | None = None, confirmed: bool
     ) -> Reply:
-        reply = Reply(turn_id, user_text, AudioPlayout(self.sink, self.settings.playout.lead_secs))
+        playout = AudioPlayout(self.sink, self.settings.playout.lead_secs, echo=self._echo)
+        reply = Reply(turn_id, user_text, playout)
         if confirmed:
             reply.open_gate()
         prompt = None if script is not None else self.history.prompt(pending_user=user_text)

