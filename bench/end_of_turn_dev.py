@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 from parley.config import Settings
-from parley.engines.base import ChatMessage
 from parley.testing import caller_speech, trim_silence
 
 # (unfinished head, rest): the head stops where the sentence clearly goes on.
@@ -68,7 +67,6 @@ async def measure(voices: list[str]) -> list[dict[str, Any]]:
     stt = WhisperSTT(settings.stt)
     audio_eou = SmartTurn()
     text_eou = TextTurnDetector(settings.turn)
-    context = [ChatMessage("system", settings.agent.system_prompt)]
     rows: list[dict[str, Any]] = []
     for (head, tail), voice in itertools.product(DEV, voices):
         for finished, text in ((False, head + ","), (True, f"{head} {tail}")):
@@ -81,7 +79,7 @@ async def measure(voices: list[str]) -> list[dict[str, Any]]:
             heard = (await stt.transcribe(audio)).text
             p_audio = await audio_eou.completion_probability(audio)
             start = time.perf_counter()
-            p_text = await text_eou.completion_probability(context, heard)
+            p_text = await text_eou.completion_probability(heard)
             text_ms = (time.perf_counter() - start) * 1000
             rows.append(
                 {

@@ -110,7 +110,7 @@ def test_whisper_reads_speech_longer_than_its_window():
     audio = np.concatenate([first, gap, last]).astype(np.float32) / 32768
     stt = WhisperSTT(STTSettings(cpu_threads=1))
     try:
-        text = stt._transcribe_blocking(audio).lower()
+        text = stt._transcribe_blocking(audio)[0].lower()
     finally:
         stt.close()
     assert "morning" in text and "goodbye" in text, text

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from parley.config import TurnSettings
-from parley.engines.base import ChatMessage
 from parley.testing import caller_speech
 from parley.voice.backchannel import Overlap, classify_overlap, repeats_agent
 from parley.voice.echo import EchoReference, echo_similarity
@@ -144,24 +143,22 @@ def text_model():
 
 
 async def test_text_model_tells_unfinished_words_from_whole_ones(text_model):
-    context = [ChatMessage("system", "You are a helpful voice assistant.")]
     unfinished = ["Could I get the", "I'd like to move my booking to", "Is it possible to"]
     whole = [
         "Could I get the vegetable curry please.",
         "When will my refund show up on my card?",
         "I need to reset the password on my account.",
     ]
-    low = [await text_model.completion_probability(context, t) for t in unfinished]
-    high = [await text_model.completion_probability(context, t) for t in whole]
+    low = [await text_model.completion_probability(t) for t in unfinished]
+    high = [await text_model.completion_probability(t) for t in whole]
     assert max(low) < CFG.text_floor < CFG.text_threshold <= min(high), (low, high)
     # Whisper's full stop on a cut-off fragment changes nothing.
-    cut = await text_model.completion_probability(context, "Could I get the.")
+    cut = await text_model.completion_probability("Could I get the.")
     assert cut == pytest.approx(low[0], abs=1e-3)
 
 
 async def test_text_model_calls_do_not_block_each_other(text_model):
-    context = [ChatMessage("system", "You are a helpful voice assistant.")]
     results = await asyncio.gather(
-        *(text_model.completion_probability(context, f"Book {n} seats") for n in range(4))
+        *(text_model.completion_probability(f"Book {n} seats") for n in range(4))
     )
     assert all(0.0 <= p <= 1.0 for p in results)

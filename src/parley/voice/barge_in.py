@@ -67,8 +67,12 @@ class BargeIn(SessionCore):
             finished = seg.stopped
             seg.echo = self._sounds_like_echo(seg)
             text = ""
+            cfg = self.settings.interruption
+            # Wordless sound going on past a backchannel's length (a TV, traffic) is
+            # noise: the agent goes on at full volume while it is still listened to.
+            long = seg.speech_secs > cfg.max_backchannel_secs
             if not seg.echo:
-                self._set_agent_gain(self.settings.interruption.duck_gain)
+                self._set_agent_gain(1.0 if long else cfg.duck_gain)
                 try:
                     result = await self.engines.stt.transcribe(seg.samples())
                 except EngineError:
@@ -89,8 +93,7 @@ class BargeIn(SessionCore):
                 text=text,
                 verdict=verdict.value,
             )
-            too_long = seg.speech_secs > self.settings.interruption.max_backchannel_secs
-            if verdict is Overlap.INTERRUPTION or (verdict is not Overlap.NOTHING and too_long):
+            if verdict is Overlap.INTERRUPTION or (verdict is not Overlap.NOTHING and long):
                 seg.check = None
                 self._barge_in(reason="speech", words=len(text.split()), heard_over=text)
                 return True
@@ -127,6 +130,7 @@ class BargeIn(SessionCore):
             self._set_agent_gain(1.0)
 
     def _set_agent_gain(self, gain: float) -> None:
+        """Duck (gain < 1) or restore the agent's voice."""
         if self._reply is not None:
             self._reply.playout.gain = gain
 

@@ -70,7 +70,7 @@ class TurnEnding(SessionCore):
         if model is None or not text:
             return None
         try:
-            return await model.completion_probability(self.history.next_prefix(), text)
+            return await model.completion_probability(text)
         except Exception as exc:
             # The words' model is an extra signal: without it the audio rule decides.
             log.warning("text end-of-turn failed", error=repr(exc))
