@@ -75,7 +75,6 @@ def server() -> Iterator[ServerProcess]:
             "PARLEY_CONFIG": str(ROOT / "tests" / "parley.test.toml"),
             "PARLEY_SERVER__DATABASE_URL": f"sqlite:///{ARTIFACTS / 'e2e.db'}",
             "PARLEY_SERVER__TOKEN_SECRET": TOKEN_SECRET,
-            "PARLEY_LOG_LEVEL": "DEBUG",
         },
         ARTIFACTS / "server.log",
         cwd=ROOT,
