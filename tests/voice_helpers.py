@@ -48,6 +48,16 @@ async def ask_for_a_long_reply(
     return ended_at, ended, spoke_at
 
 
+async def assert_whole_reply_kept(client: CallClient, turn_id: int, after: float) -> None:
+    """Every sentence the agent sent for ``turn_id`` is in the history's last assistant
+    message (as the LLM wrote it; spoken text is cleaned, so words are compared)."""
+    sent = " ".join(e["text"] for e in client.of_type("agent.text") if e["turn_id"] == turn_id)
+    await client.send_json({"type": "status"})
+    _, status = await client.wait_for("session.status", after=after)
+    last = [m["content"] for m in status["history"] if m["role"] == "assistant"][-1]
+    assert words(last) == words(sent)
+
+
 async def stored_record(
     server: Any, client: CallClient, until: Callable[[dict[str, Any]], bool]
 ) -> dict[str, Any]:
