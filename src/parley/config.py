@@ -172,11 +172,13 @@ class InterruptionSettings(BaseModel):
     """Barge-in: what the caller's speech over the agent does (docs/turn-taking.md)."""
 
     enabled: bool = True
-    min_duration: float = Field(default=0.25, ge=0)
-    """Speech over the agent shorter than this never interrupts (on a short hum Whisper
-    invents words with some confidence: "Hey, Cap."). Once it has lasted this long it is
-    transcribed; then every ``check_interval`` while it goes on, and once more when it
-    ends."""
+    min_duration: float = Field(default=0.4, ge=0)
+    """Speech over the agent shorter than this never interrupts: on a hum or click of a few
+    hundred ms Whisper invents words with some confidence ("Hey, Cap.", "Take it.")."""
+    first_check_secs: float = Field(default=0.25, ge=0)
+    """Speech over the agent is first transcribed once it has lasted this long (a verdict
+    to stop then waits for ``min_duration``); then every ``check_interval`` while it goes
+    on, and once more when it ends."""
     check_interval: float = Field(default=0.1, gt=0)
     max_backchannel_secs: float = Field(default=1.0, gt=0)
     """Speech with words that lasts longer than this interrupts, whatever its words."""

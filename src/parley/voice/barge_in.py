@@ -32,10 +32,16 @@ class BargeIn(SessionCore):
     def _overlap_continues(self, seg: Segment, speech_secs: float) -> None:
         cfg = self.settings.interruption
         seg.speech_secs = speech_secs
+        if seg.stop_words is not None:
+            if speech_secs >= cfg.min_duration and seg.check is None:
+                self._barge_in(
+                    reason="speech", words=len(seg.stop_words.split()), heard_over=seg.stop_words
+                )
+            return
         if (
             cfg.enabled
             and seg.check is None
-            and speech_secs >= cfg.min_duration
+            and speech_secs >= cfg.first_check_secs
             and speech_secs - seg.last_check_secs >= cfg.check_interval
         ):
             seg.last_check_secs = speech_secs
@@ -93,10 +99,17 @@ class BargeIn(SessionCore):
                 text=text,
                 verdict=verdict.value,
             )
-            if verdict is Overlap.INTERRUPTION or (verdict is not Overlap.NOTHING and long):
+            stop = verdict is Overlap.INTERRUPTION or (verdict is not Overlap.NOTHING and long)
+            if stop and seg.speech_secs >= cfg.min_duration:
                 seg.check = None
                 self._barge_in(reason="speech", words=len(text.split()), heard_over=text)
                 return True
+            if stop and not finished and not seg.stopped:
+                # Words that stop it, heard early: it stops once the speech has lasted
+                # min_duration (a short sound that merely sounded like words never does).
+                seg.stop_words = text
+                seg.check = None
+                return False
             if finished:
                 seg.check = None
                 self._overlap_settled(seg, verdict, text)

@@ -28,6 +28,8 @@ class Segment:
     """How long the speech has lasted (kept for overlaps: barge-in judges by it)."""
     echo: bool = False
     echo_similarity: float = 0.0
+    stop_words: str | None = None
+    """An overlap whose words say "stop", heard before it lasted ``min_duration``."""
     """An overlap that sounds like the agent's own voice played back."""
     stopped: bool = False
     stopped_at: float = 0.0
