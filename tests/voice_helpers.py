@@ -30,10 +30,19 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", text.lower())
 
 
+def _spoken_form(text: str) -> str:
+    """Times and numbers written the ways Whisper and the LLM differ on ("9:00 AM",
+    "9-0-0am") in one form ("900 am")."""
+    text = text.lower()
+    while (joined := re.sub(r"(\d)[:\-](\d)", r"\1\2", text)) != text:
+        text = joined
+    return re.sub(r"(\d)([a-z])", r"\1 \2", text)
+
+
 def word_recall(expected: str, heard: str) -> float:
     """Share of the expected words that appear in what was heard."""
-    exp = words(expected)
-    got = set(words(heard))
+    exp = words(_spoken_form(expected))
+    got = set(words(_spoken_form(heard)))
     return sum(w in got for w in exp) / max(1, len(exp))
 
 
