@@ -71,7 +71,7 @@ class TextTurnDetector:
             raise EngineError("the text end-of-turn model has no single end-of-message token")
         self._n_vocab = self._llm.n_vocab()
         self._finishing = np.array([end[0], *self._closing_tokens()], dtype=np.int64)
-        self._template = _user_prefix_template(self._llm)
+        self._prefix = _user_message_prefix(self._llm)
         self._lane = InferenceLane("eou-text", 1, timeout=5.0)
 
     async def completion_probability(self, user_text: str) -> float:
@@ -87,11 +87,11 @@ class TextTurnDetector:
             raise EngineError(f"text end-of-turn failed: {exc}") from exc
 
     def _score(self, text: str) -> float:
-        prompt = self._template(text)
+        prompt = self._prefix + text
         tokens = self._llm.tokenize(prompt.encode(), add_bos=False, special=True)
         tokens = tokens[-(N_CTX - 8) :]
         llm: Any = self._llm
-        # Reuse the cached prefix (system prompt, history, the words already scored):
+        # Reuse the cached prefix (the template's, and the words already scored):
         # evaluate only what is new, and at least the last token (its logits are needed).
         cached = llm.input_ids[: llm.n_tokens]
         common = 0
@@ -126,23 +126,14 @@ class TextTurnDetector:
 _SENTINEL = "\u2063PARLEY-USER\u2063"
 
 
-def _user_prefix_template(llm: Any) -> Any:
-    """``text -> prompt``: the chat template's text of a user message holding ``text``
-    (after the template's own default system prompt), cut right after ``text``, where
-    the end token would come."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+def _user_message_prefix(llm: Any) -> str:
+    """The chat template's text up to where a user message's words begin (after the
+    template's own default system prompt); built once, as it is the same for every call."""
+    from parley.engines.llm_llama import _prefix_formatter
 
-    template = llm.metadata.get("tokenizer.chat_template")
-    if not template:
+    formatter = _prefix_formatter(llm)
+    if formatter is None:
         raise EngineError("the text end-of-turn model has no chat template")
-    eos = llm.detokenize([llm.token_eos()]).decode(errors="ignore")
-    bos = llm.detokenize([llm.token_bos()]).decode(errors="ignore")
-    formatter = Jinja2ChatFormatter(template, eos, bos, add_generation_prompt=False)
-
-    def build(text: str) -> str:
-        turns: Any = [{"role": "user", "content": _SENTINEL}]
-        full = formatter(messages=turns).prompt
-        head, _, _ = full.rpartition(_SENTINEL)
-        return head + text
-
-    return build
+    full = formatter(messages=[{"role": "user", "content": _SENTINEL}]).prompt
+    head, _, _ = full.rpartition(_SENTINEL)
+    return str(head)
