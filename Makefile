@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-fast bench bench-turns lint install system-deps postgres clean
+.PHONY: run test test-fast bench bench-turns bench-webrtc lint install system-deps postgres clean
 
 run: install
 	$(BIN)/parley serve
@@ -26,6 +26,11 @@ test-fast: install
 
 bench: install system-deps
 	$(BIN)/python bench/voice_to_voice.py
+
+# Where WebRTC audio spends its time, hop by hop, as the media path was and as it is.
+bench-webrtc: install
+	$(BIN)/python bench/webrtc_hops.py --path before
+	$(BIN)/python bench/webrtc_hops.py --path now
 
 # Turn-taking over the real WebSocket (mid-sentence pauses, backchannels, interruptions),
 # scored from the received audio; about 7 minutes on 2 cores.

@@ -1,7 +1,7 @@
 """Turn-taking benchmark: does the agent wait for callers who pause mid-sentence, answer
 finished questions promptly, ignore backchannels and noise, and stop for real
-interruptions? Measured over the real WebSocket, in real time, from the audio the
-client receives.
+interruptions? Measured over the real WebSocket (or, with ``--transport webrtc``, over
+WebRTC), in real time, from the audio the client receives.
 
 Runs ``parley serve`` as a child process: the shipped ``parley.toml`` (its turn and
 interruption settings are what is measured), with a system prompt that asks for
@@ -41,6 +41,7 @@ import numpy as np
 import turn_taking_scoring
 from parley.client import CallClient
 from parley.testing import ServerProcess
+from parley.webrtc_client import WebRTCCallClient
 from turn_taking_clips import KINDS, VOICES, Clip, build_clips
 from turn_taking_scoring import (
     BACKCHANNEL_HORIZON_S,
@@ -92,6 +93,14 @@ class TimedCall(CallClient):
 
     def event_times(self, type_: str, after: float) -> list[float]:
         return [at for at, ev in self.events if at >= after and ev.get("type") == type_]
+
+
+@dataclass
+class TimedWebRTCCall(TimedCall, WebRTCCallClient):
+    """The same, over WebRTC (Opus both ways, events on the data channel)."""
+
+
+CALLS: dict[str, type[TimedCall]] = {"websocket": TimedCall, "webrtc": TimedWebRTCCall}
 
 
 def now() -> float:
@@ -218,7 +227,7 @@ async def overlap_trial(call: TimedCall, clip: Clip) -> dict[str, Any]:
     }
 
 
-async def run_trials(url: str, clips: list[Clip]) -> list[dict[str, Any]]:
+async def run_trials(url: str, clips: list[Clip], transport: str) -> list[dict[str, Any]]:
     """Each clip as a trial in a session of its own, one after another: a conversation
     carries no history from the trial before (kept replies cut off after a few words
     teach the small LLM to answer in a few words, and then replies end before an
@@ -227,7 +236,7 @@ async def run_trials(url: str, clips: list[Clip]) -> list[dict[str, Any]]:
     for clip in clips:
         row = clip.row()
         try:
-            async with TimedCall(url) as call:
+            async with CALLS[transport](url) as call:
                 await settle(call)
                 if clip.kind in ("complete", "pause"):
                     row |= await turn_trial(call, clip)
@@ -266,6 +275,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--url", default=None, help="use a running server (ws://…/v1/ws)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    parser.add_argument("--transport", choices=sorted(CALLS), default="websocket")
     args = parser.parse_args()
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if unknown := set(kinds) - set(KINDS):
@@ -291,7 +301,7 @@ def main() -> None:
             batch = [c for c in clips if c.kind == kind]
             if batch:
                 print(f"{kind}: {len(batch)} clips", flush=True)
-                rows += asyncio.run(run_trials(url, batch))
+                rows += asyncio.run(run_trials(url, batch, args.transport))
     finally:
         if server is not None:
             server.stop()
@@ -311,6 +321,7 @@ def main() -> None:
             "system_prompt": SYSTEM_PROMPT,
             "max_tokens": MAX_TOKENS,
             "env": args.env,
+            "transport": args.transport,
         },
         "method": turn_taking_scoring.__doc__,
         "figures": fig,
@@ -320,7 +331,10 @@ def main() -> None:
     out = RESULTS / f"turn_taking-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
 
-    print(f"\nParley turn-taking benchmark — {m['cpu']}, {m['cores']} cores, {elapsed:.0f} s")
+    print(
+        f"\nParley turn-taking benchmark over {args.transport} — {m['cpu']}, {m['cores']} cores, "
+        f"{elapsed:.0f} s"
+    )
     print("\n".join(table(fig)))
     print(f"results: {out.relative_to(ROOT)}")
 

@@ -96,10 +96,10 @@ class WebRTCSettings(BaseModel):
     page is given the same list)."""
     max_peers: int = Field(default=32, ge=1)
     """Concurrent WebRTC connections; more offers get 503."""
-    jitter_prefetch_frames: int = Field(default=1, ge=1, le=8)
-    """20 ms frames the inbound jitter buffer holds before decoding. aiortc holds 4
-    (80 ms of added delay at the end of every user turn); 1 suits a LAN or one machine,
-    raise it for lossy, reordering networks."""
+    jitter_lost_after_frames: int = Field(default=2, ge=1, le=8)
+    """The inbound jitter buffer hands each microphone frame to the voice loop as soon as
+    every earlier one is in; a missing frame is waited for until this many later frames
+    have arrived (each 20 ms), then skipped as lost. Raise it on networks that reorder."""
 
 
 class LiveKitSettings(BaseModel):

@@ -23,17 +23,30 @@ from aiortc.mediastreams import MediaStreamError
 
 from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE
 from parley.client import CallClient, ReceivedAudio, create_session, http_base
-from parley.transports.webrtc.tracks import InboundResampler, pcm_frame
+from parley.transports.webrtc.jitter import use_audio_jitter_buffer
+from parley.transports.webrtc.tracks import (
+    OPUS_FRAME_SAMPLES,
+    OPUS_RATE,
+    OPUS_SILENCE,
+    InboundResampler,
+    OpusRateFrames,
+    pcm_frame,
+)
 
 
 class _MicrophoneTrack(MediaStreamTrack):
-    """The caller's microphone: 20 ms frames in real time from the client's queue."""
+    """The caller's microphone: 20 ms frames in real time from the client's queue, at
+    48 kHz as a browser captures them. Each 16 kHz frame is taken from the queue one frame
+    ahead of its send time, so a whole 48 kHz frame is ready when Opus asks (see
+    :class:`~parley.transports.webrtc.tracks.OpusRateFrames`); the client is told the
+    time it is actually sent at."""
 
     kind = "audio"
 
     def __init__(self, client: CallClient) -> None:
         super().__init__()
         self._client = client
+        self._frames = OpusRateFrames()
         self._start: float | None = None
         self._pts = 0
 
@@ -43,10 +56,13 @@ class _MicrophoneTrack(MediaStreamTrack):
         loop = asyncio.get_running_loop()
         if self._start is None:
             self._start = loop.time()
+            self._frames.push(self._client.next_mic_frame(self._start))
         else:
-            self._pts += FRAME_SAMPLES
-            await asyncio.sleep(max(0.0, self._start + self._pts / SAMPLE_RATE - loop.time()))
-        return pcm_frame(self._client.next_mic_frame(loop.time()), self._pts)
+            self._pts += OPUS_FRAME_SAMPLES
+            await asyncio.sleep(max(0.0, self._start + self._pts / OPUS_RATE - loop.time()))
+        sent_at = self._start + self._pts / OPUS_RATE
+        self._frames.push(self._client.next_mic_frame(sent_at + FRAME_SAMPLES / SAMPLE_RATE))
+        return pcm_frame(self._frames.pop() or OPUS_SILENCE, self._pts, OPUS_RATE)
 
 
 @dataclass
@@ -93,6 +109,9 @@ class WebRTCCallClient(CallClient):
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
+            # Like the WebSocket client, record audio as it arrives: no playout cushion.
+            assert self._pc is not None
+            use_audio_jitter_buffer(self._pc, track, lost_after=2)
             self._tasks.append(asyncio.ensure_future(self._read_audio(track)))
 
     async def _read_audio(self, track: MediaStreamTrack) -> None:

@@ -15,13 +15,13 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
-from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 from parley.config import WebRTCSettings
 from parley.telemetry import get_logger
 from parley.transports.control import apply_control
 from parley.transports.voice_runtime import LiveSession, open_voice_session, taken_over_event
+from parley.transports.webrtc.jitter import use_audio_jitter_buffer
 from parley.transports.webrtc.tracks import AgentAudioTrack, InboundResampler
 from parley.voice.events import Event, event
 from parley.voice.session import SessionOverloaded, VoiceSession
@@ -30,7 +30,6 @@ log = get_logger(__name__)
 
 CHANNEL_LABEL = "parley"
 OPEN_DEADLINE_SECS = 30.0
-_JITTER_ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"  # aiortc 1.16's private name
 MAX_CHANNEL_BUFFER = 4 * 1024 * 1024
 """Bytes of events the client has not taken yet: above it the client is not reading."""
 LINGER_SECS = 0.2
@@ -167,16 +166,11 @@ class WebRTCPeer:
             self._spawn(self._pump_microphone(track), "webrtc-mic", vital=True)
 
     def _tune_jitter_buffer(self, track: MediaStreamTrack) -> None:
-        """aiortc fixes its audio jitter buffer at 4 frames of prefetch and offers no
-        setting; the receiver is not yet receiving when its track is announced, so the
-        buffer can be swapped for one with ``webrtc.jitter_prefetch_frames``."""
-        frames = self.app.state.settings.webrtc.jitter_prefetch_frames
-        for transceiver in self.pc.getTransceivers():
-            receiver = transceiver.receiver
-            if receiver.track is track and hasattr(receiver, _JITTER_ATTRIBUTE):
-                setattr(receiver, _JITTER_ATTRIBUTE, JitterBuffer(capacity=16, prefetch=frames))
-                return
-        log.warning("cannot tune the jitter buffer of this aiortc version")
+        """Each microphone frame goes to the voice loop as it arrives (aiortc's own
+        buffer holds 80 ms: see :mod:`parley.transports.webrtc.jitter`)."""
+        lost_after = self.app.state.settings.webrtc.jitter_lost_after_frames
+        if not use_audio_jitter_buffer(self.pc, track, lost_after):
+            log.warning("cannot tune the jitter buffer of this aiortc version")
 
     def _on_datachannel(self, channel: RTCDataChannel) -> None:
         if channel.label != CHANNEL_LABEL:
