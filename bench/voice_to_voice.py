@@ -34,8 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from parley.client import CallClient
-from parley.testing import ServerProcess, caller_speech
+from parley.testing import OTLPReceiver, ServerProcess, caller_speech
 from parley.webrtc_client import WebRTCCallClient
+from telemetry_overhead import alternate
 from v2v_prompts import INTRO_COUNT, UTTERANCES, WEBRTC_UTTERANCES, caller_intro
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,6 +198,29 @@ async def concurrency(
     return {**summarize(turns), "sessions": sessions, "rounds": rounds}
 
 
+def telemetry_overhead(env: dict[str, str], prompts: list[str]) -> dict[str, Any]:
+    """Telemetry on (metrics, traces to a local OTLP receiver) against off, two servers,
+    alternating turns (see telemetry_overhead)."""
+    receiver = OTLPReceiver()
+    servers: list[ServerProcess] = []
+    try:
+        for name, extra in (
+            ("on", {"PARLEY_TELEMETRY__OTLP_ENDPOINT": receiver.url}),
+            ("off", {"PARLEY_TELEMETRY__ENABLED": "false"}),
+        ):
+            db = f"sqlite:///{RESULTS / f'bench-telemetry-{name}.db'}"
+            server_env = {**env, "PARLEY_SERVER__DATABASE_URL": db, **extra}
+            servers.append(
+                ServerProcess(server_env, RESULTS / f"server-telemetry-{name}.log", cwd=ROOT)
+            )
+        result = asyncio.run(alternate(servers[0].ws_url, servers[1].ws_url, prompts))
+    finally:
+        for server in servers:
+            server.stop()
+        receiver.stop()
+    return {**result, "otlp_exports": receiver.requests}
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     try:
@@ -223,6 +247,11 @@ def main() -> None:
     parser.add_argument("--per-session", type=int, default=5)
     parser.add_argument("--min-samples", type=int, default=MIN_SAMPLES_PER_STEP)
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    parser.add_argument(
+        "--no-telemetry-overhead",
+        action="store_true",
+        help="skip the telemetry on/off comparison (two more servers)",
+    )
     args = parser.parse_args()
     planned = sum(
         n * rounds_for(n, args.per_session, args.min_samples)
@@ -261,6 +290,7 @@ def main() -> None:
             held = n
     finally:
         server.stop()
+    telemetry = None if args.no_telemetry_overhead else telemetry_overhead(env, ws_prompts)
 
     report = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -281,6 +311,7 @@ def main() -> None:
         "webrtc_single_session_turns": webrtc_turns,
         "concurrency": levels,
         "sessions_held_p95_le_1500ms": held,
+        "telemetry_overhead": telemetry,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"voice_to_voice-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -315,6 +346,14 @@ def main() -> None:
         f"concurrent sessions held with p95 <= {CONCURRENCY_P95_LIMIT_MS:.0f} ms "
         f"(>= {args.min_samples} turns per step): {held}"
     )
+    if telemetry is not None:
+        p50 = telemetry["client_voice_to_voice_p50_ms"]
+        print(
+            f"telemetry on/off (alternating turns, two servers): voice-to-voice p50 "
+            f"{p50['on']} / {p50['off']} ms, difference {telemetry['difference_p50_ms']} ms; "
+            f"observers' event-loop time {telemetry['observer_ms_per_turn']} ms per turn; "
+            f"{telemetry['otlp_exports']} OTLP exports received"
+        )
     print(f"results: {out.relative_to(ROOT)}")
     completed = [s["turns"] - s["failures"] for s in (single, webrtc)]
     if min(completed) < 8:

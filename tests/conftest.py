@@ -16,17 +16,19 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
+from parley.engines import Engines
 from parley.store import Database, Store
 from parley.testing import ServerProcess, caller_speech
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TOKEN_SECRET = "e2e-secret-0123456789abcdef0123456789abcdef"
+ADMIN_KEY = "e2e-admin-key-0123456789abcdef"
 
 # What marks a test `models` (it loads an embedded model, starts a server on them or makes
 # caller speech with espeak-ng) or `postgres`, so that `make test-fast` needs neither.
 # Fixtures are matched by name; a test that builds the thing itself, by its source.
-MODEL_FIXTURES = {"server", "caller", "whisper_checker"}
+MODEL_FIXTURES = {"server", "caller", "whisper_checker", "embedded_engines"}
 MODEL_NAMES = (
     "WhisperSTT(",
     "LlamaLLM(",
@@ -75,12 +77,29 @@ def server() -> Iterator[ServerProcess]:
             "PARLEY_CONFIG": str(ROOT / "tests" / "parley.test.toml"),
             "PARLEY_SERVER__DATABASE_URL": f"sqlite:///{ARTIFACTS / 'e2e.db'}",
             "PARLEY_SERVER__TOKEN_SECRET": TOKEN_SECRET,
+            "PARLEY_TELEMETRY__ADMIN_KEY": ADMIN_KEY,
+            "PARLEY_WEBRTC__STATS_INTERVAL_SECS": "2",
+            # The suite creates hundreds of sessions from one address (the API fuzz test
+            # one per example): no creation rate limit here (test_exposure_api tests it).
+            "PARLEY_SERVER__SESSION_CREATE_RATE": "0",
         },
         ARTIFACTS / "server.log",
         cwd=ROOT,
     )
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+async def embedded_engines() -> AsyncIterator[Engines]:
+    """The embedded engines (real models, real Piper workers), loaded once for every
+    in-process server that needs them: loading takes tens of seconds on two cores."""
+    from parley.config import Settings
+    from parley.engines import load_engines
+
+    engines = await load_engines(Settings())
+    yield engines
+    await engines.close()
 
 
 @pytest.fixture(scope="session")

@@ -109,14 +109,29 @@ async def serve(directory: Path, database: str = "sqlite") -> AsyncIterator[InPr
 
 
 async def _serve(database_url: str) -> AsyncIterator[InProcessServer]:
+    async for server in serve_doubles(database_url):
+        yield server
+
+
+async def serve_doubles(
+    database_url: str, llm_engine: Any = None, **sections: Any
+) -> AsyncIterator[InProcessServer]:
+    """The app on the test-double engines (``llm_engine`` replaces NoonLLM), with settings
+    ``sections`` (e.g. ``telemetry={...}``) over the in-process defaults."""
     settings = Settings(
         server={"database_url": database_url, "token_secret": SECRET},
         turn={"preemptive_generation": False},
+        **sections,
     )
     engines = Engines(
-        stt=FixedSTT(), llm=NoonLLM(), tts=ToneTTS(), vad=LoudnessVAD(), eou=SureEOU()
+        stt=FixedSTT(), llm=llm_engine or NoonLLM(), tts=ToneTTS(), vad=LoudnessVAD(), eou=SureEOU()
     )  # type: ignore[arg-type]
-    app = create_app(settings, engines=engines)
+    async for server in serve_app(create_app(settings, engines=engines)):
+        yield server
+
+
+async def serve_app(app: FastAPI) -> AsyncIterator[InProcessServer]:
+    """``app`` served by uvicorn on a free port of 127.0.0.1, lifespan included."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")

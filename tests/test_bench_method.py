@@ -132,7 +132,8 @@ def test_runs_never_share_prompts_and_each_concurrency_step_has_30_turns(monkeyp
     monkeypatch.setattr(vv, "ServerProcess", FakeServer)
     monkeypatch.setattr(vv, "ROOT", tmp_path)
     monkeypatch.setattr(vv, "RESULTS", tmp_path)
-    monkeypatch.setattr(sys, "argv", ["voice_to_voice.py", "--max-sessions", "3"])
+    argv = ["voice_to_voice.py", "--max-sessions", "3", "--no-telemetry-overhead"]
+    monkeypatch.setattr(sys, "argv", argv)
     vv.main()
 
     websocket, webrtc = calls[0][1], calls[1][1]

@@ -103,6 +103,40 @@ def test_page_talks_with_the_agent_over_webrtc(server, chromium, tmp_path):
     assert re.fullmatch(r"\d+ ms", badge.strip()), badge
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-conversation.png"), full_page=True)
+    inspect_the_conversation(page, server, page.evaluate("window.parley.sessionId"))
+
+
+def inspect_the_conversation(page, server, session_id: str) -> None:
+    """The inspector draws the conversation's turn as a waterfall with each stage."""
+    from conftest import ADMIN_KEY
+
+    page.goto(f"{server.http}/inspect/{session_id}")
+    page.fill("#secret", ADMIN_KEY)
+    page.click("#credentials button")
+    page.wait_for_selector("#turns li.turn[data-seq='1']", timeout=10_000)
+    turn = page.locator("#turns li.turn[data-seq='1']")
+    stages = turn.locator(".row").evaluate_all("rows => rows.map(r => r.dataset.stage)")
+    for stage in (
+        "user speech",
+        "end-of-turn wait",
+        "stt (final)",
+        "llm (to first token)",
+        "tts (to first audio)",
+        "events",
+    ):
+        assert stage in stages, stages
+    # Plausible numbers: each bar has a width and a duration under ten seconds, and the
+    # first audio went out after the turn was confirmed, within a few seconds.
+    for text in turn.locator(".bar .ms").all_inner_texts():
+        assert 0 <= int(text.removesuffix(" ms")) < 10_000, text
+    facts = {
+        s.get_attribute("data-mark"): int(re.search(r"(-?\d+) ms", s.inner_text()).group(1))
+        for s in turn.locator(".facts span[data-mark]").all()
+    }
+    assert 0 < facts["turn confirmed"] <= facts["first audio sent"] < 5_000, facts
+    assert "end of turn: audio" in turn.locator(".facts .eou").inner_text()
+    assert page.locator("#session-events li[data-stage='transport.connected']").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "inspector-waterfall.png"), full_page=True)
 
 
 def test_interrupt_stops_playback_and_marks_the_turn(server, chromium, tmp_path):

@@ -56,6 +56,21 @@ async def test_a_turn_over_webrtc(server, caller):
         await call.send_json({"type": "launch"})
         _, error = await call.wait_for("error", lambda e: e["code"] == "unknown_message_type")
         assert "handoff" in error["message"]
+        session = call.session
+    # The connection's microphone statistics reached the timeline, and the metrics.
+    assert session is not None
+    async with httpx.AsyncClient(base_url=server.http, timeout=20) as http:
+        timeline = await http.get(
+            f"/v1/sessions/{session['session_id']}/timeline",
+            headers={"Authorization": f"Bearer {session['token']}"},
+        )
+        scrape = await http.get("/metrics")
+    stats = [e["data"] for e in timeline.json()["events"] if e["stage"] == "webrtc.inbound_stats"]
+    assert stats and stats[-1]["packets_received"] > 100, stats
+    assert stats[-1]["packets_lost"] >= 0 and stats[-1]["jitter_ms"] >= 0
+    assert "parley_webrtc_jitter_seconds_count" in scrape.text
+    connected = [e for e in timeline.json()["events"] if e["stage"] == "transport.connected"]
+    assert connected and connected[0]["data"]["transport"] == "webrtc"
 
 
 async def test_signalling_refuses_bad_tokens_sessions_and_offers(server):

@@ -61,10 +61,14 @@ class ScriptedLLM:
 
 async def test_orchestrator_retries_malformed_output_then_gives_up():
     llm = ScriptedLLM("oops", '{"spoken_text": "Second time lucky.", "escalate": false}')
-    envelope = await Orchestrator(llm, "Be brief.").respond([], "hi")
+    orchestrator = Orchestrator(llm, "Be brief.")
+    envelope = await orchestrator.respond([], "hi")
     assert envelope.spoken_text == "Second time lucky." and llm.calls == 2
+    assert (orchestrator.retries, orchestrator.failures) == (1, 0)  # what metrics read
+    failing = Orchestrator(ScriptedLLM("never json"), "Be brief.")
     with pytest.raises(OrchestrationError, match="no valid envelope"):
-        await Orchestrator(ScriptedLLM("never json"), "Be brief.").respond([], "hi")
+        await failing.respond([], "hi")
+    assert (failing.retries, failing.failures) == (1, 1)
 
 
 @pytest.fixture

@@ -75,7 +75,12 @@ async def test_llm_failure_is_reported_and_the_session_goes_on(
 
     monkeypatch.chdir(tmp_path)  # no ./parley.toml: the defaults (no greeting)
     monkeypatch.delenv("PARLEY_CONFIG", raising=False)
-    settings = Settings(llm={"timeout": 0.3}, turn={"preemptive_generation": False})
+    # speak_one_turn feeds audio at 10x real time: lift the inbound rate bound for it.
+    settings = Settings(
+        llm={"timeout": 0.3},
+        turn={"preemptive_generation": False},
+        server={"max_audio_rate": 20},
+    )
     llm = ScriptedLLM(failure)
     engines = Engines(stt=FixedSTT(), llm=llm, tts=ToneTTS(), vad=LoudnessVAD(), eou=SureEOU())
     sink = Sink()

@@ -48,7 +48,8 @@ def test_no_secret_reaches_a_log_line():
     record.fields = {"url": "http://h/v1?api_key=sk-abcdefghijkl", "auth": f"Bearer {jwt}"}
     line = JsonFormatter(Redactor()).format(record)
     assert jwt not in line and "sk-abcdefghijkl" not in line
-    assert "token=[REDACTED:secret]&x=1" in line
+    # uvicorn's lines lose the whole query string (where clients put what they should not).
+    assert "/v1/ws?[REDACTED:query]" in line
     assert json.loads(line)["auth"] == "Bearer [REDACTED:secret]"
 
 

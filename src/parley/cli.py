@@ -1,4 +1,4 @@
-"""``parley serve`` and ``parley call``."""
+"""``parley serve``, ``parley call`` and ``parley inspect``."""
 
 from __future__ import annotations
 
@@ -30,9 +30,20 @@ def main(argv: list[str] | None = None) -> None:
         help="start speaking at once instead of after the agent's greeting",
     )
 
+    inspect = sub.add_parser("inspect", help="print a session's turns as waterfalls")
+    inspect.add_argument("session_id")
+    inspect.add_argument("--url", default="http://127.0.0.1:8000")
+    inspect.add_argument("--token", help="a supervisor or admin token")
+    inspect.add_argument("--admin-key", help="default: PARLEY_TELEMETRY__ADMIN_KEY")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         _serve(args)
+    elif args.command == "inspect":
+        from parley.inspect_report import fetch, format_inspection
+
+        key = args.admin_key or os.environ.get("PARLEY_TELEMETRY__ADMIN_KEY")
+        print(format_inspection(fetch(args.url, args.session_id, args.token, key)))
     else:
         sys.exit(asyncio.run(_call(args)))
 

@@ -80,6 +80,49 @@ class ServerSettings(BaseModel):
     turn_lease_secs: float = Field(default=15.0, ge=0.5)
     """A process working on a turn renews its claim this often (a third of it, in fact);
     a turn whose claim lapsed (its process died) is taken over by a retry with its key."""
+    max_sessions: int = Field(default=8, ge=1)
+    """Live voice sessions this process takes on (each session id once, whichever
+    transport holds it). Past it new sessions and connections get 503 + Retry-After (close
+    4503 on the WebSocket), never a slower call for everyone. 8: the voice-to-voice
+    benchmark on a 2-core machine holds about that many concurrent sessions within a p95
+    of 1.5 s; measure your machine (``make bench``) and set it from that."""
+    retry_after_secs: int = Field(default=5, ge=1)
+    """The ``Retry-After`` of a refusal for lack of room (and of a ``/ready`` that is not)."""
+    reconnect_hold_secs: float = Field(default=10.0, ge=0)
+    """A session whose WebSocket connection dropped (lost, not closed nor ended by the
+    client) keeps its place this long, so its caller's reconnect is admitted when full."""
+    readiness_cache_secs: float = Field(default=5.0, ge=0)
+    """``GET /ready`` reuses its dependency probes this long: frequent probes from a load
+    balancer must not keep the models busy. 0 probes at every request."""
+    readiness_timeout_secs: float = Field(default=2.0, gt=0)
+    """Deadline of each ``/ready`` dependency probe; one that does not answer in time fails."""
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Keys of the backends allowed to create sessions. Empty (the default, fine on
+    127.0.0.1): anyone who reaches the server may; set: ``POST /v1/sessions`` needs
+    ``Authorization: Bearer <one of them>`` (401 otherwise). Set it from the environment:
+    ``PARLEY_SERVER__API_KEYS='["key-1"]'``."""
+    session_create_rate: float = Field(default=2.0, ge=0)
+    """Sessions one client (remote address) may create per second, sustained; 0: no
+    limit. Past it ``POST /v1/sessions`` answers 429 with ``Retry-After``."""
+    session_create_burst: int = Field(default=30, ge=1)
+    """Sessions one client may create at once before ``session_create_rate`` applies."""
+    max_session_secs: float = Field(default=14_400.0, gt=0)
+    """Longest a session lives (4 h): at that age its connection is closed (``error``
+    ``session_expired``, close 4410), the session ended, and no token is refreshed past it."""
+    idle_timeout_secs: float = Field(default=600.0, ge=0)
+    """A connected session with neither speech nor a control message from its caller
+    for this long is closed (``error`` ``idle_timeout``, close 4408) and ended; 0: never."""
+    max_audio_rate: float = Field(default=1.5, ge=1.0)
+    """Inbound audio a session accepts, as a multiple of real time (plus
+    ``audio_burst_secs``): a client sending faster would hog the VAD lane every session
+    shares. Audio beyond it is dropped with an ``error`` ``audio_too_fast``."""
+    audio_burst_secs: float = Field(default=2.0, gt=0)
+    """Seconds of audio a session may receive ahead of ``max_audio_rate`` (network bursts)."""
+    audio_too_fast_close_secs: float = Field(default=3.0, gt=0)
+    """A client still sending too fast after this many seconds of dropped audio is closed
+    (close 4429)."""
+    max_consent_bytes: int = Field(default=4_096, ge=2)
+    """Largest ``consent`` object of ``POST /v1/sessions`` (JSON-serialized); 422 above."""
 
 
 class IceServer(BaseModel):
@@ -96,6 +139,9 @@ class WebRTCSettings(BaseModel):
     page is given the same list)."""
     max_peers: int = Field(default=32, ge=1)
     """Concurrent WebRTC connections; more offers get 503."""
+    stats_interval_secs: float = Field(default=10.0, gt=0)
+    """How often a connection's inbound audio statistics (packets received and lost,
+    jitter) go to the session's timeline and the metrics."""
     jitter_lost_after_frames: int = Field(default=2, ge=1, le=8)
     """The inbound jitter buffer hands each microphone frame to the voice loop as soon as
     every earlier one is in; a missing frame is waited for until this many later frames
@@ -254,6 +300,22 @@ class PlayoutSettings(BaseModel):
     """How far ahead of real time outbound audio is sent (the client's jitter buffer)."""
 
 
+class TelemetrySettings(BaseModel):
+    enabled: bool = True
+    """Metrics and traces of every voice session (off only to measure what they cost)."""
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP collector (e.g. ``http://127.0.0.1:4318``): one trace per turn is sent
+    there. Unset: no trace is exported."""
+    trace_content: bool = False
+    """Put the transcript and the reply's text in the spans (off: timings and ids only)."""
+    metrics_require_admin: bool = False
+    """``GET /metrics`` is open by default (the server listens on 127.0.0.1); when true it
+    needs ``Authorization: Bearer <telemetry.admin_key>``."""
+    admin_key: SecretStr | None = None
+    """The operator's key for telemetry endpoints (set it from the environment:
+    ``PARLEY_TELEMETRY__ADMIN_KEY``)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PARLEY_",
@@ -272,6 +334,7 @@ class Settings(BaseSettings):
     llm: LLMSettings = LLMSettings()
     tts: TTSSettings = TTSSettings()
     playout: PlayoutSettings = PlayoutSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     tools: list[WebhookToolSettings] = Field(default_factory=list)
     """Webhook tools (``[[tools]]`` tables in the agent file)."""
     log_level: str = "INFO"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -23,6 +24,13 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 log = get_logger(__name__)
+
+_LANES: weakref.WeakSet[InferenceLane] = weakref.WeakSet()
+
+
+def live_lanes() -> list[InferenceLane]:
+    """Every lane of this process's engines (what the metrics gauges read)."""
+    return sorted(_LANES, key=lambda lane: lane.name)
 
 
 class InferenceLane:
@@ -40,17 +48,35 @@ class InferenceLane:
         self.slow_secs = slow_secs
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=name)
         self._pending = 0
+        self._running = 0
+        _LANES.add(self)
 
     @property
     def pending(self) -> int:
         """Calls queued or running."""
         return self._pending
 
+    @property
+    def running(self) -> int:
+        """Calls a worker is running now."""
+        return self._running
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        # In the worker thread: += on an int attribute is atomic enough under the GIL for
+        # a gauge, and the call is counted only while a worker actually runs it.
+        self._running += 1
+        try:
+            return fn()
+        finally:
+            self._running -= 1
+
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()
         self._pending += 1
         started = time.monotonic()
-        future = loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        future = loop.run_in_executor(
+            self._executor, self._call, functools.partial(fn, *args, **kwargs)
+        )
         try:
             if self.timeout is None:
                 return await future

@@ -93,6 +93,23 @@ class OpenAICompatibleLLM:
         reason = choice.get("finish_reason")
         return JSONCompletion(str(content or ""), reason if isinstance(reason, str) else None)
 
+    async def check_reachable(self, timeout: float = 2.0) -> None:
+        """Raise :class:`EngineError` unless the provider's server answers (``GET
+        models``, no tokens spent). A server without that listing (404, 405, 501) is
+        there all the same; refused credentials or an unavailable upstream are not."""
+        try:
+            response = await self._http.get("models", timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise EngineError(f"the LLM provider did not answer within {timeout:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise EngineError(f"the LLM provider is unreachable: {exc!r}") from exc
+        if response.status_code in (401, 403):
+            raise EngineError(
+                f"the LLM provider refused the credentials (HTTP {response.status_code})"
+            )
+        if response.status_code >= 500 and response.status_code != 501:
+            raise EngineError(f"the LLM provider answered HTTP {response.status_code}")
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

@@ -113,6 +113,11 @@ class PiperTTS:
         """Workers running now (fewer than ``tts.workers`` while one is being replaced)."""
         return len(self._workers)
 
+    @property
+    def workers(self) -> int:
+        """Workers the pool keeps running (``tts.workers``)."""
+        return self._settings.workers
+
     async def _spawn(self) -> _Worker:
         try:
             proc = await asyncio.create_subprocess_exec(

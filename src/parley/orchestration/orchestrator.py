@@ -54,6 +54,10 @@ class Orchestrator:
         self._attempts = attempts
         self.calls = 0
         """LLM calls made (what idempotency must not repeat)."""
+        self.retries = 0
+        """Outputs that were not a usable envelope and were asked again (read by metrics)."""
+        self.failures = 0
+        """Orchestrations that gave up: no valid envelope, or the model failed."""
 
     async def respond(self, history: Sequence[tuple[str, str]], text: str) -> ActionEnvelope:
         messages = [ChatMessage("system", self._system)]
@@ -66,7 +70,11 @@ class Orchestrator:
             try:
                 reply = await self._llm.complete_json(messages, self._schema)
             except EngineError as exc:
-                raise OrchestrationError(f"the model failed: {exc}") from exc
+                self.failures += 1
+                # A provider's answer (its body, its URL) is for the log; what callers
+                # see, and what is stored on the turn, only says which stage failed.
+                log.warning("the model failed", attempt=attempt, error=str(exc))
+                raise OrchestrationError("the model failed (engine_error)") from exc
             if not isinstance(reply, JSONCompletion):
                 reply = JSONCompletion(reply)
             try:
@@ -80,6 +88,8 @@ class Orchestrator:
                 if cut_off:
                     # Asked the same way, a greedy model is cut off at the same place.
                     messages = [*messages[:-1], ChatMessage("user", f"{text}{SHORTER}")]
+                if attempt < self._attempts:
+                    self.retries += 1
                 continue
             log.info(
                 "envelope",
@@ -88,4 +98,5 @@ class Orchestrator:
                 finish_reason=reply.finish_reason,
             )
             return envelope
+        self.failures += 1
         raise OrchestrationError(f"no valid envelope after {self._attempts} attempts: {reasons}")

@@ -13,12 +13,29 @@ import httpx
 import jsonschema
 
 from parley.config import WebhookToolSettings
+from parley.telemetry import get_logger
+
+log = get_logger(__name__)
 
 ToolFunction = Callable[[dict[str, Any], str], Awaitable[dict[str, Any]]]
 
 
 class ToolArgumentsError(ValueError):
     """Arguments that do not fit the tool's schema."""
+
+
+class WebhookFailed(RuntimeError):
+    """A webhook tool's endpoint failed; the message is safe to show a client."""
+
+
+def _webhook_problem(exc: Exception) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"the tool's endpoint answered HTTP {exc.response.status_code}"
+    if isinstance(exc, httpx.TimeoutException):
+        return "the tool's endpoint did not answer in time"
+    if isinstance(exc, httpx.HTTPError):
+        return "the tool's endpoint could not be reached"
+    return "the tool's endpoint answered something other than JSON"
 
 
 @dataclass(frozen=True)
@@ -99,14 +116,20 @@ class ToolRegistry:
         header and returns the JSON object it answers."""
 
         async def call(arguments: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
-            async with httpx.AsyncClient(timeout=timeout) as http:
-                response = await http.post(
-                    url,
-                    json={"tool": name, "arguments": arguments},
-                    headers={"Idempotency-Key": idempotency_key},
-                )
-                response.raise_for_status()
-                body = response.json()
+            try:
+                async with httpx.AsyncClient(timeout=timeout) as http:
+                    response = await http.post(
+                        url,
+                        json={"tool": name, "arguments": arguments},
+                        headers={"Idempotency-Key": idempotency_key},
+                    )
+                    response.raise_for_status()
+                    body = response.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                # The URL (it may carry a key) and the endpoint's answer go to the log;
+                # the recorded outcome, which clients see, says only what went wrong.
+                log.warning("webhook tool failed", tool=name, error=repr(exc))
+                raise WebhookFailed(_webhook_problem(exc)) from None
             return body if isinstance(body, dict) else {"result": body}
 
         return self.add(Tool(name, description, parameters, call, retry_safe=retry_safe))

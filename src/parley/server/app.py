@@ -22,12 +22,21 @@ from parley.orchestration import Orchestrator
 from parley.orchestration.agent_actions import AgentActions
 from parley.orchestration.ledger import ToolLedger
 from parley.orchestration.tools import load_registry
+from parley.server.access import CreationRateLimiter
+from parley.server.admin_api import router as admin_router
+from parley.server.inspection import router as inspection_router
+from parley.server.metrics_api import build_telemetry
+from parley.server.metrics_api import router as metrics_router
+from parley.server.readiness import ReadinessProbe
+from parley.server.readiness import router as readiness_router
 from parley.server.sessions_api import router as sessions_router
+from parley.server.sessions_api import server_full_response
 from parley.server.tokens import TokenIssuer
 from parley.server.turns_api import router as turns_router
 from parley.server.webrtc_api import router as webrtc_router
 from parley.store import Database, Store
 from parley.telemetry import Redactor, get_logger
+from parley.transports.admission import Admission, ServerFull
 from parley.transports.websocket import router as websocket_router
 
 log = get_logger(__name__)
@@ -68,6 +77,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         retention = asyncio.create_task(_enforce_retention(app.state.store, settings))
         owned = engines is None
         app.state.engines = engines if engines is not None else await load_engines(settings)
+        app.state.readiness = ReadinessProbe.for_app(app.state)
         # The orchestration endpoint needs an LLM that can give structured (JSON) replies.
         llm = getattr(app.state.engines, "llm", None)
         structured = llm if hasattr(llm, "complete_json") else None
@@ -78,6 +88,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             if structured
             else None
         )
+        app.state.telemetry = build_telemetry(app.state.engines, settings, app.state.orchestrator)
         # With tools, the voice loop speaks envelopes and acts through the ledger too.
         app.state.agent_actions = (
             AgentActions(app.state.orchestrator, app.state.ledger)
@@ -91,15 +102,23 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             # WebRTC peers are not HTTP connections the server waits for: close them so
             # clients see their data channel close at once and reconnect elsewhere.
             for peer in list(app.state.webrtc_peers.values()):
-                await peer.close("server shutting down")
+                await peer.close("server shutting down", end="server_shutdown")
             if owned:
                 await app.state.engines.close()
             await database.close()
+            # Sends the traces still batched (a turn that ended just before shutdown).
+            await asyncio.to_thread(app.state.telemetry.tracer.shutdown)
+            # Sends the traces still batched (a turn that ended just before shutdown).
+            await asyncio.to_thread(app.state.telemetry.tracer.shutdown)
 
     app = FastAPI(title="Parley", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.sessions = {}
     app.state.webrtc_peers = {}
+    app.state.admission = Admission(app.state, settings.server)
+    app.state.creation_limiter = CreationRateLimiter(
+        settings.server.session_create_rate, settings.server.session_create_burst
+    )
     # Names this process in turn leases, so a turn it left behind can be told apart.
     app.state.instance_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     secret = settings.server.token_secret
@@ -110,6 +129,11 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.include_router(turns_router)
     app.include_router(websocket_router)
     app.include_router(webrtc_router)
+    app.include_router(readiness_router)
+    app.add_exception_handler(ServerFull, server_full_response)
+    app.include_router(metrics_router)
+    app.include_router(admin_router)
+    app.include_router(inspection_router)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

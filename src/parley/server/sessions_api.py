@@ -2,31 +2,61 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Header, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from parley.server.access import limit_creation, require_api_key
 from parley.server.livekit_tokens import mint_livekit_token
-from parley.server.tokens import MAY_MINT, SessionToken, TokenError, TokenIssuer
+from parley.server.tokens import ADMIN, MAY_MINT, ROLES, SessionToken, TokenError, TokenIssuer
 from parley.store import Store
+from parley.store.models import SessionRecord
+from parley.transports.admission import SERVER_FULL, Admission, ServerFull
+from parley.transports.session_limits import REFUSAL_MESSAGES, refusal, session_deadline
+from parley.transports.voice_runtime import end_live_session
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
 # What every session-scoped endpoint may answer before it does anything.
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"description": "missing, malformed, forged or expired token"},
+    401: {
+        "description": "missing, malformed, forged or expired token, or a token of a "
+        "session that has ended or reached its maximum duration (revoked)"
+    },
     403: {"description": "token for another session, or a role without the right"},
 }
+FULL_RESPONSE: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "the server is full (error code server_full); Retry-After says "
+        "when to try again"
+    }
+}
+
+
+def server_full_response(request: Request, exc: Exception) -> JSONResponse:
+    """How every endpoint answers :class:`ServerFull`: 503, ``Retry-After``, and the
+    reason as ``detail`` (like every other error here, and what the page shows) and as
+    ``error`` (``code`` ``server_full``, for clients that act on it)."""
+    assert isinstance(exc, ServerFull)
+    message = str(exc)
+    return JSONResponse(
+        {"detail": message, "error": {"code": SERVER_FULL, "message": message}},
+        status_code=503,
+        headers={"Retry-After": str(exc.retry_after_secs)},
+    )
 
 
 class CreateSession(BaseModel):
     user_id: str | None = Field(default=None, max_length=255)
     mode: Literal["voice", "text"] = "voice"
     consent: dict[str, bool] = Field(default_factory=dict)
-    """What the user agreed to, e.g. {"store_transcripts": true}."""
+    """What the user agreed to, e.g. {"store_transcripts": true, "log_transcripts":
+    true}; at most ``server.max_consent_bytes`` serialized (422 above)."""
 
 
 class TokenRequest(BaseModel):
@@ -92,31 +122,85 @@ def _bearer(authorization: str | None) -> str | None:
     return None
 
 
-def authorize(request: Request, session_id: str, authorization: str | None) -> SessionToken:
+def authorize(
+    request: Request,
+    session_id: str,
+    authorization: str | None,
+    *,
+    roles: frozenset[str] = frozenset(ROLES),
+    admin: bool = False,
+) -> SessionToken:
+    """The caller's token, valid for ``session_id`` with one of ``roles``; ``admin``: an
+    operator's admin token (any session) is accepted too."""
     issuer: TokenIssuer = request.app.state.tokens
     try:
-        return issuer.verify(_bearer(authorization), session_id)
+        return issuer.verify(
+            _bearer(authorization), session_id, roles | ({ADMIN} if admin else set())
+        )
     except TokenError as exc:
         raise HTTPException(exc.status, exc.message) from exc
 
 
-async def require_session(request: Request, session_id: str) -> None:
-    """404 unless the session exists (its token may outlive it: DELETE erases it)."""
+async def require_session(
+    request: Request, session_id: str, caller: SessionToken | None = None
+) -> SessionRecord:
+    """The session's record: 404 unless it exists (its token may outlive it: DELETE
+    erases it); with the ``caller``'s token, 401 when the session has ended or reached
+    its maximum duration, which revokes its tokens (an operator's admin token excepted:
+    ended sessions are theirs to read and erase)."""
     store: Store = request.app.state.store
-    if await store.get_session(session_id) is None:
+    record = await store.get_session(session_id)
+    if record is None:
         raise HTTPException(404, f"unknown session {session_id}")
+    if caller is not None and caller.role != ADMIN:
+        closed = refusal(record, request.app.state.settings.server)
+        if closed is not None:
+            raise HTTPException(401, REFUSAL_MESSAGES[closed])
+    return record
 
 
-@router.post("", status_code=201, response_model=TokenOut)
-async def create_session(body: CreateSession, request: Request) -> TokenOut:
+def _ttl_within(request: Request, record: SessionRecord) -> int:
+    """A token's lifetime: ``server.token_ttl_secs``, cut to what is left of the
+    session's maximum duration (a token never outlives its session)."""
+    settings = request.app.state.settings.server
+    left = int(session_deadline(record, settings) - time.time())
+    return max(1, min(settings.token_ttl_secs, left))
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=TokenOut,
+    responses={
+        **FULL_RESPONSE,
+        401: {"description": "server.api_keys is set and no valid key was given"},
+        429: {"description": "this client created too many sessions; see Retry-After"},
+    },
+)
+async def create_session(
+    body: CreateSession, request: Request, authorization: str | None = Header(default=None)
+) -> TokenOut:
     """Create the server-side session record and a short-lived user token for it."""
+    settings = request.app.state.settings.server
+    limit_creation(request)  # first: failed attempts count too (no key guessing at speed)
+    require_api_key(settings, authorization)
+    consent_bytes = len(json.dumps(body.consent))
+    if consent_bytes > settings.max_consent_bytes:
+        raise HTTPException(
+            422,
+            f"consent is {consent_bytes} bytes serialized; at most "
+            f"{settings.max_consent_bytes} are accepted",
+        )
+    admission: Admission = request.app.state.admission
+    admission.check_new_session()  # no record for a caller who could not connect now
     store: Store = request.app.state.store
     record = await store.create_session(
         user_id=body.user_id, mode=body.mode, consent=dict(body.consent)
     )
     issuer: TokenIssuer = request.app.state.tokens
     identity = body.user_id or f"user-{record.id}"
-    return _token_out(request, issuer.mint(record.id, record.room_id, "user"), identity)
+    token = issuer.mint(record.id, record.room_id, "user", ttl_secs=_ttl_within(request, record))
+    return _token_out(request, token, identity)
 
 
 @router.get(
@@ -127,11 +211,8 @@ async def create_session(body: CreateSession, request: Request) -> TokenOut:
 async def get_session(
     session_id: str, request: Request, authorization: str | None = Header(default=None)
 ) -> SessionOut:
-    authorize(request, session_id, authorization)
-    store: Store = request.app.state.store
-    record = await store.get_session(session_id)
-    if record is None:
-        raise HTTPException(404, f"unknown session {session_id}")
+    caller = authorize(request, session_id, authorization)
+    record = await require_session(request, session_id, caller)
     return SessionOut.model_validate(record, from_attributes=True)
 
 
@@ -147,21 +228,20 @@ async def refresh_token(
     request: Request,
     authorization: str | None = Header(default=None),
 ) -> TokenOut:
-    """A fresh token for the session, for a role the caller's token may mint."""
+    """A fresh token for the session, for a role the caller's token may mint. Tokens
+    never outlive the session's maximum duration: refreshing stops there (401)."""
     caller = authorize(request, session_id, authorization)
     if body.role not in MAY_MINT[caller.role]:
         raise HTTPException(403, f"a {caller.role} token cannot mint a {body.role} token")
-    store: Store = request.app.state.store
-    record = await store.get_session(session_id)
-    if record is None:
-        raise HTTPException(404, f"unknown session {session_id}")
+    record = await require_session(request, session_id, caller)
     issuer: TokenIssuer = request.app.state.tokens
     identity = (
         (record.user_id or f"user-{record.id}")
         if body.role == "user"
         else f"{body.role}-{record.id}"
     )
-    return _token_out(request, issuer.mint(record.id, record.room_id, body.role), identity)
+    token = issuer.mint(record.id, record.room_id, body.role, ttl_secs=_ttl_within(request, record))
+    return _token_out(request, token, identity)
 
 
 @router.delete(
@@ -172,11 +252,33 @@ async def refresh_token(
 async def delete_session(
     session_id: str, request: Request, authorization: str | None = Header(default=None)
 ) -> Response:
-    """Erase the session: its record, turns, transcripts, tool executions and timeline."""
-    authorize(request, session_id, authorization)
+    """Erase the session: its record, turns, transcripts, tool executions and timeline.
+    A live connection is closed first (``error`` ``session_ended``, close 4410), so
+    nothing is written under the session once it is gone."""
+    caller = authorize(request, session_id, authorization, admin=True)
+    await require_session(request, session_id, caller)
+    await end_live_session(request.app, session_id, "the session was deleted")
     store: Store = request.app.state.store
     if not await store.delete_session(session_id):
         raise HTTPException(404, f"unknown session {session_id}")
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{session_id}/end",
+    status_code=204,
+    responses=AUTH_RESPONSES,
+)
+async def end_session(
+    session_id: str, request: Request, authorization: str | None = Header(default=None)
+) -> Response:
+    """End the session: every token of it is refused from now on, and a live connection
+    is closed (``error`` ``session_ended``, close 4410). Its record stays (see DELETE)."""
+    caller = authorize(request, session_id, authorization, admin=True)
+    await require_session(request, session_id, caller)
+    await end_live_session(request.app, session_id, "the session was ended")
+    store: Store = request.app.state.store
+    await store.end_session(session_id)
     return Response(status_code=204)
 
 
@@ -189,9 +291,13 @@ async def session_timeline(
 ) -> dict[str, Any]:
     """The session's persisted record: turns with every state transition, final
     transcript segments and timeline events (no audio)."""
-    authorize(request, session_id, authorization)
-    await require_session(request, session_id)
-    store: Store = request.app.state.store
+    caller = authorize(request, session_id, authorization, admin=True)
+    await require_session(request, session_id, caller)
+    return await session_record(request.app.state.store, session_id)
+
+
+async def session_record(store: Store, session_id: str) -> dict[str, Any]:
+    """A session's stored record: turns with their transitions, segments, timeline."""
     turns = []
     for turn in await store.turns(session_id):
         transitions = await store.transitions(turn.id)

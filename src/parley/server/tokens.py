@@ -16,8 +16,13 @@ from typing import Literal
 
 import jwt
 
-Role = Literal["user", "agent", "supervisor"]
+Role = Literal["user", "agent", "supervisor", "admin"]
 ROLES: tuple[Role, ...] = ("user", "agent", "supervisor")
+"""The roles within one session."""
+ADMIN: Role = "admin"
+"""An operator's role, over every session: minted only with the admin key
+(``POST /v1/admin/tokens``), and accepted only where an endpoint says so."""
+ANY_SESSION = "*"
 # Which roles a holder of each role may mint tokens for (refresh or delegate).
 MAY_MINT: dict[str, frozenset[str]] = {
     "user": frozenset({"user"}),
@@ -90,7 +95,8 @@ class TokenIssuer:
             raise TokenError(401, "the session token's signature is not valid") from exc
         except jwt.InvalidTokenError as exc:
             raise TokenError(401, f"the session token is not valid: {exc}") from exc
-        if session_id is not None and claims["sid"] != session_id:
+        is_admin = claims["role"] == ADMIN and claims["sid"] == ANY_SESSION
+        if session_id is not None and claims["sid"] != session_id and not is_admin:
             raise TokenError(403, "the session token is for another session")
         if claims["role"] not in roles:
             raise TokenError(403, f"role {claims['role']!r} may not do this")

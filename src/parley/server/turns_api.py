@@ -84,12 +84,12 @@ async def create_turn(
     rest get its stored result; a turn whose process died mid-way (its lease lapsed) is
     taken over by the next request with its key and resumed from its checkpoint — the
     model is not asked again once it answered, and no tool call runs twice."""
-    authorize(request, session_id, authorization)
+    caller = authorize(request, session_id, authorization)
     store: Store = request.app.state.store
     orchestrator: Orchestrator | None = request.app.state.orchestrator
     if orchestrator is None:
         raise HTTPException(503, "the configured LLM cannot produce structured replies")
-    await require_session(request, session_id)
+    await require_session(request, session_id, caller)
     await store.begin_turn(session_id, body.idempotency_key, user_text=body.text)
     owner: str = request.app.state.instance_id
     lease_secs: float = request.app.state.settings.server.turn_lease_secs

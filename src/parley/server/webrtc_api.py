@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from parley.server.sessions_api import AUTH_RESPONSES, authorize, require_session
 from parley.telemetry import get_logger
+from parley.transports.admission import Admission
 from parley.transports.webrtc.peer import WebRTCPeer
 
 log = get_logger(__name__)
@@ -32,7 +33,8 @@ class SessionAnswer(BaseModel):
     sdp: str
     type: Literal["answer"]
     ice_servers: list[dict[str, object]]
-    """The ICE servers the server uses (the page may use the same)."""
+    """The ICE servers the server uses (the page may use the same). TURN credentials are
+    only ever handed out here, to the holder of the session's user token."""
 
 
 @router.post(
@@ -42,7 +44,10 @@ class SessionAnswer(BaseModel):
         **AUTH_RESPONSES,
         400: {"description": "the SDP offer is malformed or has no audio"},
         404: {"description": "unknown session"},
-        503: {"description": "the server has no room for another WebRTC connection"},
+        503: {
+            "description": "the server has no room for another WebRTC connection, or for "
+            "another session (error code server_full, with Retry-After)"
+        },
     },
 )
 async def webrtc_offer(
@@ -55,8 +60,12 @@ async def webrtc_offer(
     granted = authorize(request, session_id, authorization)
     if granted.role != "user":
         raise HTTPException(403, f"a {granted.role} token cannot connect the user's audio")
-    await require_session(request, session_id)
+    await require_session(request, session_id, granted)
     app = request.app
+    admission: Admission = app.state.admission
+    # ServerFull unless the session holds a place already (a reconnect) or one is free;
+    # the peer registered below, with no await in between, holds it from now on.
+    admission.check_connection(session_id)
     peers: dict[str, WebRTCPeer] = app.state.webrtc_peers
     previous = peers.pop(session_id, None)
     if previous is not None:
@@ -71,8 +80,11 @@ async def webrtc_offer(
         answer = await asyncio.wait_for(peer.answer(body.sdp), ANSWER_TIMEOUT_SECS)
     except Exception as exc:  # aiortc raises assorted errors for bad SDP
         await peer.close("bad offer")
+        # The parser's own words stay in the log: they describe the server's insides.
         log.info("webrtc offer refused", error=repr(exc))
-        raise HTTPException(400, f"invalid SDP offer: {exc}") from None
+        raise HTTPException(
+            400, "invalid SDP offer: it could not be parsed, or it has no audio section"
+        ) from None
     settings = app.state.settings.webrtc
     return SessionAnswer(
         sdp=answer.sdp,

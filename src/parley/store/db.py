@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Float, event, literal_column, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -42,6 +43,10 @@ def database_url(url: str | None = None) -> str:
 class Database:
     def __init__(self, url: str | None = None, **engine_kwargs: Any) -> None:
         self.url = database_url(url)
+        if not self.url.startswith("sqlite"):
+            # A connection the pool kept across a PostgreSQL restart is dead: test it on
+            # checkout (one round trip) rather than fail the caller's query.
+            engine_kwargs.setdefault("pool_pre_ping", True)
         self.engine: AsyncEngine = create_async_engine(self.url, **engine_kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_connect)
@@ -94,6 +99,19 @@ class Database:
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
                 )
             await connection.run_sync(_upgrade)
+
+    async def ping(self) -> None:
+        """One round trip to the database (``SELECT 1``); raises when it cannot be
+        reached. A pooled connection the database dropped (it restarted) fails the first
+        attempt and is discarded by the pool: the second attempt then tells."""
+        for attempt in (1, 2):
+            try:
+                async with self.session(read_only=True) as session:
+                    await session.execute(text("SELECT 1"))
+                return
+            except DBAPIError as exc:
+                if attempt == 2 or not exc.connection_invalidated:
+                    raise
 
     async def close(self) -> None:
         await self.engine.dispose()

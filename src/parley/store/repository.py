@@ -76,6 +76,14 @@ class Store(TurnStore):
             if record is not None:
                 record.reconnect_status = "disconnected"
 
+    async def end_session(self, session_id: str) -> None:
+        """Mark the session ended (once: the first end's time stays). Its tokens are
+        refused from then on (see ``transports/session_limits.py``)."""
+        async with self.db.session() as s:
+            record = await s.get(SessionRecord, session_id)
+            if record is not None and record.ended_at is None:
+                record.ended_at = utcnow()
+
     async def conversation(
         self, session_id: str, *, before_seq: int | None = None
     ) -> tuple[list[tuple[str, str]], int]:
@@ -188,5 +196,13 @@ class Store(TurnStore):
                 select(TimelineEvent)
                 .where(TimelineEvent.session_id == session_id)
                 .order_by(TimelineEvent.id)
+            )
+            return rows.all()
+
+    async def recent_sessions(self, limit: int = 50) -> Sequence[SessionRecord]:
+        """The newest sessions first (what an operator's session list shows)."""
+        async with self.db.session(read_only=True) as s:
+            rows = await s.scalars(
+                select(SessionRecord).order_by(SessionRecord.started_at.desc()).limit(limit)
             )
             return rows.all()

@@ -10,13 +10,16 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from parley.telemetry.redact import Redactor, redact_secrets
+from parley.telemetry.redact import Redactor, redact_secrets, scrub_query_strings
+from parley.telemetry.trace_ids import turn_trace_ids
 
 _session_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
 _turn_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("turn_id", default=None)
 
 # Fields whose values are user speech or model text: always passed through the redactor.
 SENSITIVE_FIELDS = frozenset({"text", "transcript", "content", "prompt"})
+# uvicorn's loggers of requests and WebSocket handshakes: their paths lose the query.
+ACCESS_LOGGERS = frozenset({"uvicorn.access", "uvicorn.error"})
 
 
 def bind_session(session_id: str | None) -> None:
@@ -39,12 +42,19 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": self._redact(redact_secrets(record.getMessage())),
         }
+        if record.name in ACCESS_LOGGERS:
+            entry["msg"] = scrub_query_strings(entry["msg"])
         session_id = getattr(record, "session_id", None) or _session_id.get()
         turn_id = getattr(record, "turn_id", None) or _turn_id.get()
         if session_id:
             entry["session_id"] = session_id
         if turn_id is not None:
             entry["turn_id"] = turn_id
+            if session_id:
+                # The turn's trace (see telemetry.tracing): a log line finds its spans.
+                trace_id, span_id = turn_trace_ids(session_id, turn_id)
+                entry["trace_id"] = f"{trace_id:032x}"
+                entry["span_id"] = f"{span_id:016x}"
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             for key, value in fields.items():
@@ -52,10 +62,23 @@ class JsonFormatter(logging.Formatter):
                     value = redact_secrets(value)
                     if key in SENSITIVE_FIELDS:
                         value = self._redact(value)
+                elif isinstance(value, list | tuple | dict):
+                    value = _redact_nested(value)
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = redact_secrets(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
+
+
+def _redact_nested(value: Any) -> Any:
+    """Secrets masked in every string inside lists and dicts (a field's value may be one)."""
+    if isinstance(value, str):
+        return redact_secrets(value)
+    if isinstance(value, list | tuple):
+        return [_redact_nested(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact_nested(v) for k, v in value.items()}
+    return value
 
 
 class StructuredLogger(logging.LoggerAdapter[logging.Logger]):

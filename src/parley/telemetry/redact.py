@@ -29,6 +29,16 @@ _SECRETS = (
 )
 
 
+# The query string of a request path in an access line ("GET /v1/ws?token=… HTTP/1.1"):
+# it is where clients put what they should not, so access lines never keep it.
+_QUERY = re.compile(r"(\s/[^\s\"?]*)\?[^\s\"]+")
+
+
+def scrub_query_strings(text: str) -> str:
+    """``text`` with the query string of every request path replaced."""
+    return _QUERY.sub(r"\1?[REDACTED:query]", text)
+
+
 def redact_secrets(text: str) -> str:
     """``text`` with tokens, keys and passwords replaced: applied to every log line."""
     for pattern, replacement in _SECRETS:

@@ -36,6 +36,7 @@ def apply_control(session: VoiceSession, text: str, max_bytes: int) -> Literal["
         reject("invalid_message", 'control messages are JSON objects with a string "type"')
         return None
     kind = msg["type"]
+    session.note_activity()  # any control message, a ping included, keeps it from idling
     if kind == "interrupt":
         session.interrupt()
     elif kind == "mute":

@@ -16,7 +16,16 @@ from collections.abc import Callable
 from typing import Any
 
 from parley.telemetry import bind_session, get_logger
-from parley.voice.events import SessionSink, event
+from parley.telemetry.observing import ObserverGroup
+from parley.transports.session_limits import (
+    CLOSE_EXPIRED,
+    IDLE_TIMEOUT,
+    SESSION_ENDED,
+    SESSION_EXPIRED,
+    SessionLimits,
+    session_deadline,
+)
+from parley.voice.events import Event, SessionSink, event
 from parley.voice.recording import SessionRecorder
 from parley.voice.session import VoiceSession
 
@@ -30,26 +39,117 @@ def taken_over_event() -> dict[str, Any]:
     return event("error", code=TAKEN_OVER_CODE, message=TAKEN_OVER_MESSAGE)
 
 
+END_REASONS = (
+    "client_ended",
+    "disconnected",
+    "taken_over",
+    "server_shutdown",
+    "error",
+    "idle_timeout",
+    "session_expired",
+    "session_ended",
+    "audio_too_fast",
+)
+"""Why a voice connection ended, as metrics count it (a fixed set: a label)."""
+
+
+SESSION_ENDING_CODES = (IDLE_TIMEOUT, SESSION_EXPIRED, SESSION_ENDED)
+"""Limits whose closing also ends the session (its tokens are refused from then on)."""
+
+
+class ObservedSink:
+    """A transport's sink, with every event also shown to the metrics observer: the one
+    place where what a session says becomes telemetry."""
+
+    def __init__(self, sink: SessionSink, observer: ObserverGroup) -> None:
+        self._sink = sink
+        self.observer = observer
+
+    def send_event(self, event: Event) -> None:
+        self.observer.event(event)
+        self._sink.send_event(event)
+
+    def send_audio(self, pcm: bytes) -> None:
+        self._sink.send_audio(pcm)
+
+    def clear_audio(self) -> None:
+        self._sink.clear_audio()
+
+
 class LiveSession:
     """A voice session held by one transport connection. ``on_taken_over`` is the
     transport's hook, called when a newer connection takes the session: it tells its
     client and closes its connection (the voice session itself is closed here)."""
 
-    def __init__(self, app: Any, session: VoiceSession, on_taken_over: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        session: VoiceSession,
+        on_taken_over: Callable[[], None],
+        observer: ObserverGroup,
+    ) -> None:
         self.app = app
         self.session = session
         self.on_taken_over = on_taken_over
+        self.observer = observer
         self._closing: asyncio.Future[None] | None = None
+        self.on_expired: Callable[[str, int], None] | None = None
+        """The transport's hook for a session limit reached (idle, maximum age) or a
+        session gone deaf: close the connection with that close code (the ``error``
+        event is already sent)."""
+        self.expired: tuple[str, int] | None = None
+        """The limit reached, as (error code, close code), once it was."""
+        self._limits: asyncio.Task[None] | None = None
+        self._expiry: asyncio.Future[None] | None = None
+        self._ends_session = False
+        observer.opened()
+
+    def watch_limits(self, deadline: float) -> None:
+        """End the connection at the session's maximum age (``deadline``, epoch seconds),
+        once it idled for ``server.idle_timeout_secs``, or once it went deaf."""
+        opened_at = asyncio.get_running_loop().time()
+        limits = SessionLimits(
+            self.app.state.settings.server,
+            deadline,
+            lambda: max(opened_at, self.session.last_activity),
+            self.session.sink.send_event,
+            self._expire,
+            deaf=lambda: self.session.deaf,
+        )
+        self._limits = asyncio.create_task(limits.run(), name="session-limits")
+
+    def _expire(self, code: str, close_code: int) -> None:
+        self.expired = (code, close_code)
+        self._ends_session = code in SESSION_ENDING_CODES
+        if self.on_expired is not None:
+            self.on_expired(code, close_code)
+            return
+        # A transport without the hook (the WebRTC peer): close it the way it closes itself.
+        peer = getattr(self.app.state, "webrtc_peers", {}).get(self.session.session_id)
+        if peer is not None and getattr(peer, "live", None) is self:
+            peer.close_soon(code, linger=True, end=code if code in END_REASONS else "error")
+        else:
+            self._expiry = asyncio.ensure_future(self.close(code))
 
     @property
     def closing(self) -> bool:
         return self._closing is not None
 
-    async def close(self) -> None:
+    async def close(self, reason: str = "disconnected") -> None:
         """Close the voice session and record the disconnect, once, however many times
         and from wherever it is called (the connection's own clean-up and a takeover
-        race): every caller waits for the same close."""
+        race): every caller waits for the same close. ``reason``, one of
+        :data:`END_REASONS`, is the first caller's."""
         if self._closing is None:
+            reason = reason if reason in END_REASONS else "error"
+            # The caller hung up, or a limit ended it: the session is over, and its
+            # tokens with it (a drop, a takeover or a shutdown leaves it resumable).
+            self._ends_session |= reason == "client_ended" or reason in SESSION_ENDING_CODES
+            if self._limits is not None and self._limits is not asyncio.current_task():
+                self._limits.cancel()
+            self.observer.closed(reason)
+            if self.session.recorder is not None:
+                self.session.recorder.event("transport.disconnected", None, {"reason": reason})
             self._closing = asyncio.ensure_future(self._close())
         # Shielded: a caller cancelled mid-close must not leave the record half written.
         await asyncio.shield(self._closing)
@@ -58,6 +158,11 @@ class LiveSession:
         self.app.state.sessions.pop(id(self.session), None)
         try:
             await self.session.close()
+            if self._ends_session:
+                try:
+                    await self.app.state.store.end_session(self.session.session_id)
+                except Exception as exc:  # its tokens then die at their expiry only
+                    log.error("could not record the end of the session", error=repr(exc))
         finally:
             slot = _slots(self.app).get(self.session.session_id)
             if slot is not None and slot.live is self:
@@ -81,6 +186,20 @@ class _Slot:
         self.opening = 0
 
 
+async def end_live_session(app: Any, session_id: str, message: str) -> bool:
+    """Close the session's live connection, if it has one, after an ``error``
+    ``session_ended`` with ``message`` (the session was ended or deleted over HTTP); waits
+    until its voice session is closed and its record written. False when none was live."""
+    slot = _slots(app).get(session_id)
+    live = slot.live if slot is not None else None
+    if live is None or live.closing:
+        return False
+    live.session.sink.send_event(event("error", code=SESSION_ENDED, message=message))
+    live._expire(SESSION_ENDED, CLOSE_EXPIRED)
+    await live.close(SESSION_ENDED)
+    return True
+
+
 def _slots(app: Any) -> dict[str, _Slot]:
     # Per-app state kept here, made on first use, so the app factory need not know it.
     slots: dict[str, _Slot] | None = getattr(app.state, "voice_slots", None)
@@ -98,7 +217,11 @@ def _forget_if_unused(app: Any, session_id: str) -> None:
 
 
 async def open_voice_session(
-    app: Any, session_id: str, sink: SessionSink, on_taken_over: Callable[[], None]
+    app: Any,
+    session_id: str,
+    sink: SessionSink,
+    on_taken_over: Callable[[], None],
+    transport: str,
 ) -> LiveSession:
     """A VoiceSession for ``session_id`` talking to ``sink``; on a reconnect the
     conversation is restored from the database (not from the client's memory) and the
@@ -118,23 +241,30 @@ async def open_voice_session(
                 except Exception as exc:  # the old connection may be half gone already
                     log.warning("could not notify the replaced connection", error=repr(exc))
                 try:
-                    await previous.close()
+                    await previous.close("taken_over")
                 except Exception as exc:  # its slot is freed all the same: go on
                     log.error("closing the replaced session failed", error=repr(exc), exc_info=exc)
-            live = LiveSession(app, await _new_session(app, session_id, sink), on_taken_over)
+            observed = ObservedSink(sink, app.state.telemetry.observer(transport, session_id))
+            session, deadline = await _new_session(app, session_id, observed)
+            live = LiveSession(app, session, on_taken_over, observed.observer)
+            if session.recorder is not None:
+                session.recorder.event("transport.connected", None, {"transport": transport})
             slot.live = live
             app.state.sessions[id(live.session)] = live.session
+            live.watch_limits(deadline)
             return live
     finally:
         slot.opening -= 1
         _forget_if_unused(app, session_id)
 
 
-async def _new_session(app: Any, session_id: str, sink: SessionSink) -> VoiceSession:
+async def _new_session(app: Any, session_id: str, sink: ObservedSink) -> tuple[VoiceSession, float]:
+    """The voice session, and the epoch time at which it reaches its maximum age."""
     store = app.state.store
     started = time.monotonic()
     reconnect = await store.mark_connected(session_id)
-    recorder = SessionRecorder(store, session_id)
+    record = await store.get_session(session_id)
+    recorder = SessionRecorder(store, session_id, observer=sink.observer)
     session = VoiceSession(
         app.state.engines,
         app.state.settings,
@@ -143,6 +273,8 @@ async def _new_session(app: Any, session_id: str, sink: SessionSink) -> VoiceSes
         recorder=recorder,
         actions=getattr(app.state, "agent_actions", None),
     )
+    consent = record.consent if record is not None else {}
+    session.log_transcripts = bool(consent.get("log_transcripts"))
     if reconnect:
         messages, last_turn = await store.conversation(session_id)
         session.restore(messages, last_turn)
@@ -151,4 +283,6 @@ async def _new_session(app: Any, session_id: str, sink: SessionSink) -> VoiceSes
             "session.reconnected", None, {"recovery_ms": recovery_ms, "messages": len(messages)}
         )
         log.info("session resumed", messages=len(messages), recovery_ms=recovery_ms)
-    return session
+    settings = app.state.settings.server
+    deadline = session_deadline(record, settings) if record is not None else float("inf")
+    return session, deadline

@@ -34,8 +34,14 @@ class Acting(SessionCore):
             self._send_error("tools_not_run", "the turn could not be stored", reply.turn_id)
             return
         for call in envelope.tool_calls:  # in order: a later call may depend on an earlier
+            started = self._now()
             outcome = await self.actions.ledger.run(stored, call)
-            details = {"call_id": call.id, "tool": call.name, "status": outcome.status}
+            details = {
+                "call_id": call.id,
+                "tool": call.name,
+                "status": outcome.status,
+                "duration_ms": round((self._now() - started) * 1000, 1),
+            }
             self.sink.send_event(
                 event("tool.result", turn_id=reply.turn_id, result=outcome.result, **details)
             )

@@ -12,6 +12,7 @@ from parley.audio import pcm16_to_float
 from parley.engines import EngineError, Transcript
 from parley.telemetry import bind_turn, get_logger
 from parley.voice.events import event
+from parley.voice.response import safe_message
 from parley.voice.segmenter import SpeechEdge
 from parley.voice.session_core import SessionCore
 from parley.voice.turns import TURN_AUDIO_SECS, Segment, UserTurn
@@ -26,7 +27,7 @@ class Listening(SessionCore):
         exc = task.exception()
         # Without its audio loop the session is deaf: say so loudly, to the log and client.
         log.error("audio loop failed", error=repr(exc), exc_info=exc)
-        self._send_error("internal_error", f"audio processing stopped: {exc!r}")
+        self._send_error("internal_error", "audio processing stopped; reconnect to resume")
 
     async def _audio_loop(self) -> None:
         pending = np.zeros(0, dtype=np.float32)
@@ -58,6 +59,7 @@ class Listening(SessionCore):
             self._during_speech()
 
     def _on_speech_started(self, preroll: list[np.ndarray], window: np.ndarray) -> None:
+        self.last_activity = self._now()
         self.sink.send_event(event("vad.speech_started", turn_id=self._current_turn_id()))
         if self._endpoint is not None:
             self._endpoint.cancel()  # speech resumed: the same turn goes on
@@ -107,6 +109,7 @@ class Listening(SessionCore):
             self._spawn(self._partial(seg))
 
     def _on_speech_stopped(self, last_speech_at: float) -> None:
+        self.last_activity = self._now()  # idle time counts from the end of speech
         self.sink.send_event(event("vad.speech_stopped", turn_id=self._current_turn_id()))
         seg, self._segment = self._segment, None
         if seg is None:
@@ -121,6 +124,7 @@ class Listening(SessionCore):
     def _segment_ended(self, seg: Segment, last_speech_at: float) -> None:
         turn = self._ensure_turn(seg.audio)
         turn.last_speech_at = last_speech_at
+        turn.marks["vad_stopped"] = self._now()  # when the VAD declared the silence
         final = self._spawn(self._finalize(turn, seg))
         turn.finals.add(final)
         if self._endpoint is not None:
@@ -132,6 +136,9 @@ class Listening(SessionCore):
         if self._turn is None:
             maxlen = int(TURN_AUDIO_SECS / self._window_secs)
             self._turn = UserTurn(self._turn_count + 1, deque(seed, maxlen=maxlen))
+            # The turn's timeline starts where its audio does (the preroll, or the whole
+            # segment when speech over the agent became the turn).
+            self._turn.marks["speech_started"] = self._now() - len(seed) * self._window_secs
             bind_turn(self._turn.turn_id)
         return self._turn
 
@@ -141,6 +148,8 @@ class Listening(SessionCore):
         except EngineError:
             return  # a lost partial is harmless; the final reports errors
         if result.text and not seg.stopped and not seg.overlap:
+            if self._turn is not None:
+                self._turn.marks.setdefault("first_partial", self._now())
             self.sink.send_event(
                 event(
                     "transcript.partial",
@@ -170,7 +179,8 @@ class Listening(SessionCore):
             try:
                 result = await self.engines.stt.transcribe(seg.samples())
             except EngineError as exc:
-                self._send_error("stt_error", str(exc), turn.turn_id)
+                log.warning("transcription failed", turn_id=turn.turn_id, error=repr(exc))
+                self._send_error("stt_error", safe_message("stt_error"), turn.turn_id)
                 turn.texts[seg.index] = ""
                 return
         turn.texts[seg.index] = result.text

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from parley.store import Store, TurnState
 from parley.telemetry import get_logger
@@ -21,10 +21,21 @@ log = get_logger(__name__)
 Write = Callable[[], Awaitable[None]]
 
 
+class RecordObserver(Protocol):
+    """Shown what is recorded, as it is recorded (the metrics observer)."""
+
+    def turn_finished(self, turn_id: int, state: str) -> None: ...
+
+    def timeline(self, stage: str, turn_id: int | None, data: dict[str, Any]) -> None: ...
+
+
 class SessionRecorder:
-    def __init__(self, store: Store, session_id: str) -> None:
+    def __init__(
+        self, store: Store, session_id: str, observer: RecordObserver | None = None
+    ) -> None:
         self._store = store
         self._session_id = session_id
+        self._observer = observer
         # voice turn id -> the stored turn's id and number (set by the writes, once the
         # turn is stored as this turn: never an older turn's row)
         self._turns: dict[int, int] = {}
@@ -60,6 +71,8 @@ class SessionRecorder:
         if turn_id not in self._open:
             return  # never started (the greeting, a draft): nothing to finish
         self._open.discard(turn_id)
+        if self._observer is not None:
+            self._observer.turn_finished(turn_id, state.value)
 
         async def write() -> None:
             stored = self._turns.get(turn_id)
@@ -91,6 +104,9 @@ class SessionRecorder:
         self._queue.put_nowait(write)
 
     def event(self, stage: str, turn_id: int | None, data: dict[str, Any]) -> None:
+        if self._observer is not None:
+            self._observer.timeline(stage, turn_id, data)
+
         async def write() -> None:
             seq = None if turn_id is None else self._seqs.get(turn_id)
             stored = data if seq is not None or turn_id is None else {**data, "voice_turn": turn_id}

@@ -13,7 +13,14 @@ from parley.store import TurnState
 from parley.telemetry import get_logger
 from parley.voice.events import event
 from parley.voice.playout import AudioPlayout
-from parley.voice.response import Reply, error_code, run_reply, unwrap_group_error
+from parley.voice.response import (
+    Reply,
+    error_code,
+    error_stage,
+    run_reply,
+    safe_message,
+    unwrap_group_error,
+)
 from parley.voice.session_core import SessionCore
 from parley.voice.turns import UserTurn
 
@@ -69,7 +76,8 @@ class Replying(SessionCore):
                 return
             log.warning("reply failed", turn_id=reply.turn_id, error=repr(real))
             code = error_code(real)
-            self._send_error(code, str(real) or type(real).__name__, reply.turn_id)
+            stage = error_stage(real)
+            self._send_error(code, safe_message(code, stage), reply.turn_id, stage)
             self.history.add_assistant(reply.playout.heard_text())
             if self.recorder is not None:
                 self.recorder.turn_finished(reply.turn_id, TurnState.FAILED, {"error": code})

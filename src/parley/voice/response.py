@@ -8,7 +8,8 @@ Cancelling the reply's task stops the LLM and TTS at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,6 +101,10 @@ async def run_reply(
     clips: asyncio.Queue[object] = asyncio.Queue()
 
     async def think() -> None:
+        with _stage("llm"):
+            await _think()
+
+    async def _think() -> None:
         chunker = SentenceChunker()
         if script is not None:
             reply.raw.append(script)
@@ -141,6 +146,10 @@ async def run_reply(
         sentences.put_nowait(_DONE)
 
     async def synthesize() -> None:
+        with _stage("tts"):
+            await _synthesize()
+
+    async def _synthesize() -> None:
         while (text := await sentences.get()) is not _DONE:
             assert isinstance(text, str)
             if reply.metrics.tts_started is None:
@@ -187,9 +196,49 @@ def unwrap_group_error(exc: BaseException) -> BaseException:
     return exc
 
 
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Tag an engine failure or timeout with the stage it came from (errors and metrics
+    name it: ``engine_error`` alone does not say whether the LLM or the TTS failed)."""
+    try:
+        yield
+    except (EngineError, TimeoutError) as exc:
+        if getattr(exc, "stage", None) is None:
+            setattr(exc, "stage", name)  # noqa: B010 - an attribute the classes lack
+        raise
+
+
+def error_stage(exc: BaseException) -> str | None:
+    stage = getattr(exc, "stage", None)
+    return stage if isinstance(stage, str) else None
+
+
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "llm_timeout"
     if isinstance(exc, EngineError):
         return "engine_error"
     return "internal_error"
+
+
+# What a client is told about a failure: a code and one of these fixed sentences. The
+# exception's own text (a provider's response body, a URL, a parser's complaint) is for
+# the server's log only.
+SAFE_MESSAGES = {
+    "llm_timeout": "the agent took too long to answer; please say that again",
+    "engine_error": "the agent could not answer this time; please try again",
+    "stt_error": "what you said could not be transcribed; please say it again",
+    "eou_error": "end-of-turn detection failed; the turn goes on",
+    "internal_error": "the server failed on this turn; go on talking",
+}
+STAGE_MESSAGES = {
+    "llm": "the language model failed; please try again",
+    "tts": "speech synthesis failed; please try again",
+}
+
+
+def safe_message(code: str, stage: str | None = None) -> str:
+    """The message a client gets for an error ``code`` (from ``stage``)."""
+    if code == "engine_error" and stage in STAGE_MESSAGES:
+        return STAGE_MESSAGES[stage]
+    return SAFE_MESSAGES.get(code, SAFE_MESSAGES["internal_error"])

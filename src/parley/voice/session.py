@@ -16,6 +16,7 @@ import asyncio
 
 from parley.telemetry import bind_session, get_logger
 from parley.voice.acting import Acting
+from parley.voice.audio_rate import InboundAudioBudget
 from parley.voice.barge_in import BargeIn
 from parley.voice.events import Event, event
 from parley.voice.listening import Listening
@@ -23,7 +24,14 @@ from parley.voice.replying import Replying
 from parley.voice.turn_ending import TurnEnding
 from parley.voice.turns import Segment, UserTurn
 
-__all__ = ["CLOSE_TIMEOUT_SECS", "Segment", "SessionOverloaded", "UserTurn", "VoiceSession"]
+__all__ = [
+    "CLOSE_TIMEOUT_SECS",
+    "AudioTooFast",
+    "Segment",
+    "SessionOverloaded",
+    "UserTurn",
+    "VoiceSession",
+]
 
 log = get_logger(__name__)
 
@@ -35,7 +43,20 @@ class SessionOverloaded(RuntimeError):
     """Inbound audio arrives faster than the session can process it."""
 
 
+class AudioTooFast(SessionOverloaded):
+    """Inbound audio arrives faster than ``server.max_audio_rate`` × real time: it was
+    dropped. ``first``: the first drop of this episode (tell the client once);
+    ``persistent``: still too fast after ``server.audio_too_fast_close_secs`` (close)."""
+
+    def __init__(self, message: str, *, first: bool, persistent: bool) -> None:
+        super().__init__(message)
+        self.first = first
+        self.persistent = persistent
+
+
 class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting):
+    _audio_budget: InboundAudioBudget | None = None
+
     def restore(self, messages: list[tuple[str, str]], last_turn_id: int) -> None:
         """Resume a conversation from the server's record (a reconnect): its history, and
         turn ids that continue after the stored ones. No greeting is spoken then."""
@@ -60,6 +81,7 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting):
             )
         )
         self._send_state("listening")
+        self.note_activity()
         self._audio_task = asyncio.create_task(self._audio_loop(), name="audio-in")
         self._audio_task.add_done_callback(self._audio_loop_ended)
         if self.settings.agent.greeting and not self._restored:
@@ -67,11 +89,36 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting):
         self._prefill_next_turn()
 
     def push_audio(self, pcm: bytes) -> None:
-        """Queue inbound PCM16LE 16 kHz mono (any length, even byte count)."""
+        """Queue inbound PCM16LE 16 kHz mono (any length, even byte count). Audio beyond
+        ``server.max_audio_rate`` × real time is dropped (:class:`AudioTooFast`)."""
+        if self._audio_budget is None:
+            limits = self.settings.server
+            self._audio_budget = InboundAudioBudget(
+                limits.max_audio_rate, limits.audio_burst_secs, limits.audio_too_fast_close_secs
+            )
+        verdict = self._audio_budget.admit(len(pcm), self._now())
+        if not verdict.admitted:
+            raise AudioTooFast(
+                f"audio is arriving faster than {self.settings.server.max_audio_rate:g}x "
+                "real time; the excess is dropped (send it as it is captured)",
+                first=verdict.first_drop,
+                persistent=verdict.persistent,
+            )
         try:
             self._inbound.put_nowait(pcm)
         except asyncio.QueueFull as exc:
             raise SessionOverloaded("inbound audio queue is full") from exc
+
+    @property
+    def deaf(self) -> bool:
+        """The audio loop died (a VAD call that timed out, a bug): the session hears
+        nothing more, and its transport should close the connection."""
+        task = self._audio_task
+        return task is not None and task.done() and not self._closed
+
+    def note_activity(self) -> None:
+        """The caller did something (a control message): the session is not idle."""
+        self.last_activity = self._now()
 
     def interrupt(self) -> bool:
         """Client-requested interruption; True if there was a reply to interrupt."""

@@ -73,6 +73,11 @@ class SessionCore:
         self._muted = False
         self._closed = False
         self._restored = False
+        self.last_activity = 0.0
+        """Event-loop time of the caller's last speech or control message (the transport
+        ends a session idle for ``server.idle_timeout_secs``)."""
+        self.log_transcripts = False
+        """The caller consented to their words in the logs at INFO (else only at DEBUG)."""
         self._audio_task: asyncio.Task[None] | None = None
         self._echo = EchoReference()
         """The agent audio just sent, by every reply: the echo guard compares speech with it."""
@@ -93,8 +98,16 @@ class SessionCore:
             self.state = state
             self.sink.send_event(event("agent.state", state=state))
 
-    def _send_error(self, code: str, message: str, turn_id: int | None = None) -> None:
-        self.sink.send_event(event("error", code=code, message=message, turn_id=turn_id))
+    def _send_error(
+        self, code: str, message: str, turn_id: int | None = None, stage: str | None = None
+    ) -> None:
+        """``stage``: the pipeline stage that failed (``llm``, ``tts``…), where the code
+        alone does not say it."""
+        extra = {"stage": stage} if stage else {}
+        self.sink.send_event(event("error", code=code, message=message, turn_id=turn_id, **extra))
+        if self.recorder is not None:
+            # The code and stage only: a message may quote a provider's reply.
+            self.recorder.event("error", turn_id, {"code": code, **extra})
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """A task of this session: cancelled when it closes, and never failing unseen."""
@@ -115,7 +128,8 @@ class SessionCore:
         name = getattr(task.get_coro(), "__qualname__", task.get_name())
         log.error("session task failed", task=name, error=repr(exc), exc_info=exc)
         if not self._closed:
-            self._send_error("internal_error", f"{name} failed: {exc!r}")
+            # The code and a safe message only: the exception's text is for the log.
+            self._send_error("internal_error", "the server failed on this turn; go on talking")
 
     # ---- calls between the jobs (implemented by the mixins) -----------------------------
 

@@ -10,6 +10,7 @@ import numpy as np
 from parley.telemetry import get_logger
 from parley.voice.endpointing import EndOfTurnEvidence, finish_delay
 from parley.voice.events import event
+from parley.voice.response import safe_message
 from parley.voice.session_core import SessionCore
 from parley.voice.turns import UserTurn
 
@@ -50,7 +51,8 @@ class TurnEnding(SessionCore):
         if isinstance(p_audio, BaseException):
             if not isinstance(p_audio, Exception):
                 raise p_audio
-            self._send_error("eou_error", str(p_audio), turn.turn_id)
+            log.warning("end-of-turn model failed", turn_id=turn.turn_id, error=repr(p_audio))
+            self._send_error("eou_error", safe_message("eou_error"), turn.turn_id)
             p_audio = 1.0 if self.settings.turn.max_endpointing_delay == 0 else 0.0
         if isinstance(p_text, BaseException):
             raise p_text
@@ -110,7 +112,13 @@ class TurnEnding(SessionCore):
                 eou_delay=turn.eou_delay,
             )
         )
-        log.info("turn ended", turn_id=turn.turn_id, text=text)
+        # The caller's words reach the logs at INFO only with their consent
+        # (``consent.log_transcripts``); otherwise only at DEBUG, for a developer.
+        if self.log_transcripts:
+            log.info("turn ended", turn_id=turn.turn_id, text=text)
+        else:
+            log.info("turn ended", turn_id=turn.turn_id, words=len(text.split()))
+            log.debug("turn transcript", turn_id=turn.turn_id, text=text)
         self._record_turn(turn)
         if self.recorder is not None:
             self.recorder.event(

@@ -55,3 +55,15 @@ export function sendOffer(sessionId, token, sdp) {
 export function fetchTimeline(sessionId, token) {
   return call(`/v1/sessions/${sessionId}/timeline`, { token });
 }
+
+export function mintAdminToken(adminKey) {
+  return call("/v1/admin/tokens", { method: "POST", token: adminKey });
+}
+
+export function fetchRecentSessions(token) {
+  return call("/v1/admin/sessions", { token });
+}
+
+export function fetchInspection(sessionId, token) {
+  return call(`/v1/sessions/${sessionId}/inspection`, { token });
+}

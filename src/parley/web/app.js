@@ -246,7 +246,11 @@ function stop({ end = true } = {}) {
   running = false;
   status.connected = false;
   if (connection) {
-    if (end) connection.send({ type: "end" });
+    if (end) {
+      connection.send({ type: "end" });
+      // Ended on the server, its tokens revoked: the next Start creates a new session.
+      session = null;
+    }
     connection.close();
     connection = null;
   }

@@ -24,7 +24,7 @@ from parley.transports.voice_runtime import LiveSession, open_voice_session, tak
 from parley.transports.webrtc.jitter import use_audio_jitter_buffer
 from parley.transports.webrtc.tracks import AgentAudioTrack, InboundResampler
 from parley.voice.events import Event, event
-from parley.voice.session import SessionOverloaded, VoiceSession
+from parley.voice.session import AudioTooFast, SessionOverloaded, VoiceSession
 
 log = get_logger(__name__)
 
@@ -158,7 +158,7 @@ class WebRTCPeer:
                     "this connection is closed, reconnect to resume the session",
                 )
             )
-            self.close_soon(f"{task.get_name()} failed", linger=True)
+            self.close_soon(f"{task.get_name()} failed", linger=True, end="error")
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
@@ -222,13 +222,38 @@ class WebRTCPeer:
     # ---- the session -----------------------------------------------------------------------
 
     async def _start_session(self) -> None:
-        live = await open_voice_session(self.app, self.session_id, self.sink, self.take_over)
+        live = await open_voice_session(
+            self.app, self.session_id, self.sink, self.take_over, "webrtc"
+        )
         self.live = live
         if self.closed.is_set() or self._closing is not None:
             await live.close()
             return
         await live.session.start()
         log.info("webrtc session opened")
+        self._spawn(self._report_inbound_stats(), "webrtc-stats")
+
+    async def _report_inbound_stats(self) -> None:
+        """The microphone stream's RTP statistics, every ``webrtc.stats_interval_secs``,
+        to the timeline (where the metrics observer counts them)."""
+        interval = self.app.state.settings.webrtc.stats_interval_secs
+        while True:
+            await asyncio.sleep(interval)
+            session = self.session
+            if session is None or session.recorder is None:
+                return
+            for stats in (await self.pc.getStats()).values():
+                if getattr(stats, "type", None) == "inbound-rtp" and stats.kind == "audio":
+                    session.recorder.event(
+                        "webrtc.inbound_stats",
+                        None,
+                        {
+                            "packets_received": stats.packetsReceived,
+                            "packets_lost": stats.packetsLost,
+                            # aiortc reports jitter in RTP clock units (Opus: 48 kHz).
+                            "jitter_ms": round(stats.jitter / 48, 1),
+                        },
+                    )
 
     def take_over(self) -> None:
         """A newer connection takes this session: tell the client, then close."""
@@ -236,7 +261,7 @@ class WebRTCPeer:
             return  # already told (a new offer, then its channel opening) or going anyway
         log.info("webrtc connection taken over")
         self.sink.send_event(taken_over_event())
-        self.close_soon("taken over by a newer connection", linger=True)
+        self.close_soon("taken over by a newer connection", linger=True, end="taken_over")
 
     async def _pump_microphone(self, track: MediaStreamTrack) -> None:
         resampler = InboundResampler()
@@ -254,6 +279,12 @@ class WebRTCPeer:
             try:
                 self.session.push_audio(pcm)
                 overloaded = False
+            except AudioTooFast as exc:
+                if exc.first:
+                    self.sink.send_event(event("error", code="audio_too_fast", message=str(exc)))
+                if exc.persistent:
+                    self.close_soon("audio too fast", linger=True, end="audio_too_fast")
+                    return
             except SessionOverloaded as exc:
                 if not overloaded:  # once per episode, not per 20 ms frame
                     self.sink.send_event(event("error", code="overloaded", message=str(exc)))
@@ -261,22 +292,23 @@ class WebRTCPeer:
 
     async def _end(self) -> None:
         await asyncio.sleep(LINGER_SECS)  # let the goodbye event leave
-        await self.close("client ended the session")
+        await self.close("client ended the session", end="client_ended")
 
     def _overflowed(self) -> None:
         log.warning("closing: client stopped reading its data channel")
-        self.close_soon("client not reading")
+        self.close_soon("client not reading", end="error")
 
-    def close_soon(self, reason: str, *, linger: bool = False) -> None:
+    def close_soon(self, reason: str, *, linger: bool = False, end: str = "disconnected") -> None:
         if self._closing is None and not self.closed.is_set():
-            self._closing = asyncio.ensure_future(self._close_after(reason, linger))
+            self._closing = asyncio.ensure_future(self._close_after(reason, linger, end))
 
-    async def _close_after(self, reason: str, linger: bool) -> None:
+    async def _close_after(self, reason: str, linger: bool, end: str) -> None:
         if linger:
             await asyncio.sleep(LINGER_SECS)
-        await self.close(reason)
+        await self.close(reason, end)
 
-    async def close(self, reason: str = "closed") -> None:
+    async def close(self, reason: str = "closed", end: str = "disconnected") -> None:
+        """``reason`` is for the log; ``end`` is one of voice_runtime.END_REASONS."""
         if self.closed.is_set():
             return
         self.closed.set()
@@ -285,7 +317,12 @@ class WebRTCPeer:
         if peers.get(self.session_id) is self:
             del peers[self.session_id]
         if self.live is not None:
-            await self.live.close()
+            # A connection lost (not ended) keeps its place a moment for the caller's
+            # reconnect; before the close, which waits on the database.
+            self.app.state.admission.left(
+                self.session_id, dropped=end == "error" or reason == "connection failed"
+            )
+            await self.live.close(end)
         self.track.stop()
         with contextlib.suppress(Exception):
             await self.pc.close()
