@@ -5,45 +5,25 @@ usual latency (every session's audio shares one VAD lane)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 from typing import Any
 
 import numpy as np
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
 
 from parley.client import CallClient, create_session
-from voice_helpers import wait_reply_done
+from voice_helpers import flood, wait_reply_done
 
 pytestmark = pytest.mark.e2e
 
 QUESTION = "What is the capital of France"
 
 
-async def flood(ws_url: str) -> tuple[list[dict[str, Any]], int | None]:
+async def flood_noise(ws_url: str) -> tuple[list[dict[str, Any]], int | None]:
     """A session fed noise at 10x real time until the server closes it."""
     session = await create_session(ws_url)
     rng = np.random.default_rng(7)
     noise = (rng.standard_normal(320) * 3000).astype("<i2").tobytes()  # 20 ms
-    events: list[dict[str, Any]] = []
-    async with connect(f"{ws_url}?token={session['token']}") as ws:
-
-        async def read() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                async for message in ws:
-                    if isinstance(message, str):
-                        events.append(json.loads(message))
-
-        reader = asyncio.create_task(read())
-        with contextlib.suppress(ConnectionClosed):
-            async with asyncio.timeout(20):
-                while True:
-                    await ws.send(noise)
-                    await asyncio.sleep(0.002)
-        await reader
-        return events, ws.close_code
+    return await flood(ws_url, session["token"], noise, timeout=20)
 
 
 async def turn_latency(call: CallClient, speech: Any, after: float) -> tuple[float, float]:
@@ -59,7 +39,7 @@ async def test_a_ten_times_real_time_stream_is_cut_off_without_slowing_others(se
     async with CallClient(server.ws_url) as steady:
         _, greeted_at = await wait_reply_done(steady, after=0)
         baseline, done_at = await turn_latency(steady, speech, greeted_at)
-        flooding = asyncio.create_task(flood(server.ws_url))
+        flooding = asyncio.create_task(flood_noise(server.ws_url))
         await asyncio.sleep(0.5)  # past the flood's burst allowance: it is being dropped
         during, _ = await turn_latency(steady, speech, done_at)
         events, close_code = await flooding

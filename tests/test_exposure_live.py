@@ -32,6 +32,7 @@ from parley.client import CallClient
 from parley.config import Settings
 from parley.engines import ChatMessage, EngineError, Engines
 from parley.server import create_app
+from voice_helpers import flood
 
 served = contextlib.asynccontextmanager(serve_app)
 
@@ -243,24 +244,7 @@ async def _turn_latency(call: CallClient) -> float:
 
 async def _flood(server: InProcessServer, token: str) -> tuple[list[dict[str, Any]], int | None]:
     """Send silence at 10x real time until the server closes; its events and close code."""
-    events: list[dict[str, Any]] = []
-    frame = bytes(640)  # 20 ms
-    async with connect(f"{server.ws_url}?token={token}") as ws:
-
-        async def read() -> None:
-            with contextlib.suppress(ConnectionClosed):
-                async for message in ws:
-                    if isinstance(message, str):
-                        events.append(json.loads(message))
-
-        reader = asyncio.create_task(read())
-        with contextlib.suppress(ConnectionClosed):
-            async with asyncio.timeout(15):
-                while True:
-                    await ws.send(frame)
-                    await asyncio.sleep(0.002)
-        await reader
-        return events, ws.close_code
+    return await flood(server.ws_url, token, bytes(640), timeout=15)
 
 
 async def test_audio_at_ten_times_real_time_is_refused_without_starving_others(tmp_path):

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import re
 from collections.abc import Callable
 from typing import Any
+
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from parley.client import CallClient
 
@@ -86,3 +92,27 @@ async def stored_record(
                 return record
             await asyncio.sleep(0.1)
     raise AssertionError(f"stored record never satisfied the condition: {record}")
+
+
+async def flood(
+    ws_url: str, token: str, frame: bytes, timeout: float
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Send ``frame`` (20 ms of audio) about 10x faster than real time until the server
+    closes the socket (or ``timeout``); the events received and the close code."""
+    events: list[dict[str, Any]] = []
+    async with connect(f"{ws_url}?token={token}") as ws:
+
+        async def read() -> None:
+            with contextlib.suppress(ConnectionClosed):
+                async for message in ws:
+                    if isinstance(message, str):
+                        events.append(json.loads(message))
+
+        reader = asyncio.create_task(read())
+        with contextlib.suppress(ConnectionClosed):
+            async with asyncio.timeout(timeout):
+                while True:
+                    await ws.send(frame)
+                    await asyncio.sleep(0.002)
+        await reader
+        return events, ws.close_code
