@@ -123,12 +123,7 @@ class LiveSession:
         self._ends_session = code in SESSION_ENDING_CODES
         if self.on_expired is not None:
             self.on_expired(code, close_code)
-            return
-        # A transport without the hook (the WebRTC peer): close it the way it closes itself.
-        peer = getattr(self.app.state, "webrtc_peers", {}).get(self.session.session_id)
-        if peer is not None and getattr(peer, "live", None) is self:
-            peer.close_soon(code, linger=True, end=code if code in END_REASONS else "error")
-        else:
+        else:  # a transport without the hook: close the session itself
             self._expiry = asyncio.ensure_future(self.close(code))
 
     @property

@@ -20,7 +20,12 @@ from aiortc.mediastreams import MediaStreamError
 from parley.config import WebRTCSettings
 from parley.telemetry import get_logger
 from parley.transports.control import apply_control
-from parley.transports.voice_runtime import LiveSession, open_voice_session, taken_over_event
+from parley.transports.voice_runtime import (
+    END_REASONS,
+    LiveSession,
+    open_voice_session,
+    taken_over_event,
+)
 from parley.transports.webrtc.jitter import use_audio_jitter_buffer
 from parley.transports.webrtc.tracks import AgentAudioTrack, InboundResampler
 from parley.voice.events import Event, event
@@ -226,6 +231,10 @@ class WebRTCPeer:
             self.app, self.session_id, self.sink, self.take_over, "webrtc"
         )
         self.live = live
+        # A session limit reached (idle, maximum age, deaf): close the way the peer closes.
+        live.on_expired = lambda code, _close_code: self.close_soon(
+            code, linger=True, end=code if code in END_REASONS else "error"
+        )
         if self.closed.is_set() or self._closing is not None:
             await live.close()
             return
