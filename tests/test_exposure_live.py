@@ -32,6 +32,7 @@ from parley.client import CallClient
 from parley.config import Settings
 from parley.engines import ChatMessage, EngineError, Engines
 from parley.server import create_app
+from parley.webrtc_client import WebRTCCallClient
 from voice_helpers import flood
 
 served = contextlib.asynccontextmanager(serve_app)
@@ -201,6 +202,30 @@ async def test_a_session_is_closed_at_its_maximum_duration(tmp_path):
             _, error = await call.wait_for("error", timeout=10)
             await asyncio.wait_for(call.closed.wait(), 10)
         assert error["code"] == "session_expired" and call.close_code == 4410
+
+
+@pytest.mark.parametrize("limit", ["idle", "maximum_age"])
+async def test_a_webrtc_session_is_closed_at_its_limits_like_a_websocket(tmp_path, limit):
+    settings = {"idle_timeout_secs": 1.0} if limit == "idle" else {"max_session_secs": 2.0}
+    code = "idle_timeout" if limit == "idle" else "session_expired"
+    async with live_server(tmp_path, **settings) as server:
+        async with WebRTCCallClient(server.http) as call:  # the microphone sends silence
+            await call.wait_for("session.started", timeout=10)
+            _, error = await call.wait_for("error", timeout=10)
+            await asyncio.wait_for(call.closed.wait(), 10)
+            assert call.session is not None
+            session_id, token = call.session["session_id"], call.session["token"]
+        assert error["code"] == code
+        await server.wait_until(lambda: server.voice_sessions == 0)
+        record = await server.app.state.store.get_session(session_id)
+        assert record is not None and record.ended_at is not None
+        async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+            refreshed = await http.post(
+                f"/v1/sessions/{session_id}/tokens",
+                json={},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        assert refreshed.status_code == 401  # the ended session's token is revoked
 
 
 class StuckVAD(LoudnessVAD):

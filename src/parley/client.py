@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, dbfs
 
@@ -75,13 +76,19 @@ class CallClient:
 
     session: dict[str, Any] | None = None
     """The session created for this call (when the URL carried no token)."""
+    consent: dict[str, bool] | None = None
+    """The consent the created session is given (``POST /v1/sessions``)."""
 
     async def __aenter__(self) -> CallClient:
-        url = self.url
-        if "token=" not in url:
-            self.session = await create_session(url)
-            url = f"{url}{'&' if '?' in url else '?'}token={self.session['token']}"
-        self._ws = await connect(url, max_size=2**22)
+        subprotocols: list[Subprotocol] | None = None
+        if "token=" not in self.url:
+            self.session = await create_session(self.url, consent=self.consent or {})
+            # The token travels as a subprotocol, not in the URL: proxies log URLs.
+            subprotocols = [
+                Subprotocol("parley"),
+                Subprotocol(f"parley.token.{self.session['token']}"),
+            ]
+        self._ws = await connect(self.url, max_size=2**22, subprotocols=subprotocols)
         self._tasks = [
             asyncio.create_task(self._read_loop()),
             asyncio.create_task(self._mic_loop()),

@@ -5,6 +5,7 @@ call goes on."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from parley.telemetry.logs import get_logger
@@ -70,10 +71,13 @@ class Telemetry:
         self.tracer = tracer
         self.enabled = enabled
 
-    def observer(self, transport: str, session_id: str) -> ObserverGroup:
+    def observer(
+        self, transport: str, session_id: str, words: Callable[[str], str] | None = None
+    ) -> ObserverGroup:
+        """``words``: the session's consent to its words in traces (see TurnTracer)."""
         if not self.enabled:
             return ObserverGroup([])
         observers: list[SessionObserver] = [self.metrics.observer(transport)]
         if self.tracer.enabled:
-            observers.append(self.tracer.observer(session_id, transport))
+            observers.append(self.tracer.observer(session_id, transport, words))
         return ObserverGroup(observers)

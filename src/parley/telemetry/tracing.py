@@ -85,8 +85,12 @@ class TurnTracer:
         self.enabled = bool(otlp_endpoint) or bool(processors)
         self._tracer = self.provider.get_tracer("parley.voice")
 
-    def observer(self, session_id: str, transport: str) -> TraceObserver:
-        return TraceObserver(self, session_id, transport)
+    def observer(
+        self, session_id: str, transport: str, words: Callable[[str], str] | None = None
+    ) -> TraceObserver:
+        """``words`` is how the session's text may enter its spans (redacting or not);
+        None keeps the words out. They go in only with ``trace_content`` on as well."""
+        return TraceObserver(self, session_id, transport, words if self.trace_content else None)
 
     def record_turn(self, turn: TurnTimeline) -> None:
         """Write one finished turn as a span tree (times in ns since the epoch)."""
@@ -99,8 +103,7 @@ class TurnTracer:
             "parley.turn_state": turn.state,
             **turn.attributes,
         }
-        if self.trace_content:
-            attributes.update(turn.content)
+        attributes.update(turn.content)
         root = self._tracer.start_span(
             "turn", context=None, attributes=attributes, start_time=turn.start_ns
         )
@@ -165,6 +168,8 @@ class TraceObserver:
     tracer: TurnTracer
     session_id: str
     transport: str
+    words: Callable[[str], str] | None = None
+    """The caller consented to their words in telemetry: how they go in (else they don't)."""
     clock_ns: Callable[[], int] = time.time_ns
     _turns: dict[int, TurnTimeline] = field(default_factory=dict)
 
@@ -193,18 +198,23 @@ class TraceObserver:
             for key in ("eou_probability", "eou_text_probability", "eou_delay"):
                 if isinstance(ev.get(key), int | float):
                     turn.attributes[f"parley.{key}"] = ev[key]
-            if isinstance(ev.get("text"), str):
-                turn.content["parley.user_text"] = ev["text"]
+            if isinstance(ev.get("text"), str) and self.words is not None:
+                turn.content["parley.user_text"] = self.words(ev["text"])
         elif kind == "turn.metrics":
             self._timeline(self._turn(turn_id), ev)
-        elif kind == "agent.text" and isinstance(ev.get("text"), str):
+        elif kind == "agent.text" and isinstance(ev.get("text"), str) and self.words is not None:
             turn = self._turn(turn_id)
             said = turn.content.get("parley.agent_text")
-            turn.content["parley.agent_text"] = f"{said} {ev['text']}" if said else ev["text"]
+            text = self.words(ev["text"])
+            turn.content["parley.agent_text"] = f"{said} {text}" if said else text
         elif kind == "error":
             self._turn(turn_id).error = str(ev.get("code", "error"))
-        elif kind == "turn.interrupted" and isinstance(ev.get("heard"), str):
-            self._turn(turn_id).content["parley.heard"] = ev["heard"]
+        elif (
+            kind == "turn.interrupted"
+            and isinstance(ev.get("heard"), str)
+            and self.words is not None
+        ):
+            self._turn(turn_id).content["parley.heard"] = self.words(ev["heard"])
 
     def _timeline(self, turn: TurnTimeline, ev: dict[str, Any]) -> None:
         timeline = ev.get("timeline_ms")

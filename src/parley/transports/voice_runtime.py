@@ -239,9 +239,8 @@ async def open_voice_session(
                     await previous.close("taken_over")
                 except Exception as exc:  # its slot is freed all the same: go on
                     log.error("closing the replaced session failed", error=repr(exc), exc_info=exc)
-            observed = ObservedSink(sink, app.state.telemetry.observer(transport, session_id))
-            session, deadline = await _new_session(app, session_id, observed)
-            live = LiveSession(app, session, on_taken_over, observed.observer)
+            session, deadline, observer = await _new_session(app, session_id, sink, transport)
+            live = LiveSession(app, session, on_taken_over, observer)
             if session.recorder is not None:
                 session.recorder.event("transport.connected", None, {"transport": transport})
             slot.live = live
@@ -253,23 +252,36 @@ async def open_voice_session(
         _forget_if_unused(app, session_id)
 
 
-async def _new_session(app: Any, session_id: str, sink: ObservedSink) -> tuple[VoiceSession, float]:
-    """The voice session, and the epoch time at which it reaches its maximum age."""
+async def _new_session(
+    app: Any, session_id: str, sink: SessionSink, transport: str
+) -> tuple[VoiceSession, float, ObserverGroup]:
+    """The voice session, the epoch time at which it reaches its maximum age, and the
+    observer its telemetry goes through."""
     store = app.state.store
     started = time.monotonic()
     reconnect = await store.mark_connected(session_id)
     record = await store.get_session(session_id)
-    recorder = SessionRecorder(store, session_id, observer=sink.observer)
+    consent = record.consent if record is not None else {}
+    # One consent covers the caller's words in the operator's telemetry: log lines at
+    # INFO and trace attributes (these redacted as the store redacts what it keeps).
+    in_telemetry = bool(consent.get("log_transcripts"))
+    observer = app.state.telemetry.observer(
+        transport, session_id, store.stored_text if in_telemetry else None
+    )
+    observed = ObservedSink(sink, observer)
+    recorder = SessionRecorder(store, session_id, observer=observer)
     session = VoiceSession(
         app.state.engines,
         app.state.settings,
-        sink,
+        observed,
         session_id=session_id,
         recorder=recorder,
         actions=getattr(app.state, "agent_actions", None),
     )
-    consent = record.consent if record is not None else {}
-    session.log_transcripts = bool(consent.get("log_transcripts"))
+    session.log_transcripts = in_telemetry
+    phrases = getattr(app.state, "phrases", None)
+    if phrases is not None:
+        session.phrases = phrases
     if reconnect:
         messages, last_turn = await store.conversation(session_id)
         session.restore(messages, last_turn)
@@ -280,4 +292,4 @@ async def _new_session(app: Any, session_id: str, sink: ObservedSink) -> tuple[V
         log.info("session resumed", messages=len(messages), recovery_ms=recovery_ms)
     settings = app.state.settings.server
     deadline = session_deadline(record, settings) if record is not None else float("inf")
-    return session, deadline
+    return session, deadline, observer
