@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-fast bench bench-turns bench-webrtc lint install system-deps postgres clean
+.PHONY: run test test-fast bench bench-turns bench-webrtc bench-chaos lint install system-deps postgres clean
 
 run: install
 	$(BIN)/parley serve
@@ -36,6 +36,10 @@ bench-webrtc: install
 # scored from the received audio; about 7 minutes on 2 cores.
 bench-turns: install system-deps
 	$(BIN)/python bench/turn_taking.py
+
+# 20 spoken turns per stage with its primary provider killed at turn 5, back at turn 12.
+bench-chaos: install system-deps
+	$(BIN)/python bench/chaos.py
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -82,6 +82,14 @@ async def one_turn(call: CallClient, text: str, mark: float) -> tuple[dict[str, 
         "agent.state", lambda e: e["state"] == "listening", after=spoke_at, timeout=90
     )
     first = call.first_loud_audio_after(last_speech_at)
+    turn_id = ended["turn_id"]
+    filler = any(e.get("turn_id") == turn_id for e in call.of_type("agent.filler"))
+    if filler:
+        # "One moment." was said while the answer was late: time the answer, whose first
+        # sentence is announced (agent.text) as its audio starts.
+        texts = [at for at, e in call.events if e.get("type") == "agent.text"]
+        answer_at = next((at for at in texts if at > last_speech_at), None)
+        first = None if answer_at is None else call.first_loud_audio_after(answer_at)
     metrics = next(
         (e for e in call.of_type("turn.metrics") if e["turn_id"] == ended["turn_id"]), {}
     )
@@ -94,6 +102,7 @@ async def one_turn(call: CallClient, text: str, mark: float) -> tuple[dict[str, 
         else round((first - last_speech_at) * 1000, 1),
         **{k: metrics.get(k) for k in STAGES},
         "preemptive": metrics.get("preemptive"),
+        "filler": filler,
         "drafts_discarded": metrics.get("drafts_discarded"),
         "early_finals_discarded": metrics.get("early_finals_discarded"),
         "timeline_ms": metrics.get("timeline_ms"),
@@ -151,6 +160,7 @@ async def run_session(
 def summarize(turns: list[dict[str, Any]]) -> dict[str, Any]:
     failures = sum(1 for t in turns if t.get("failed"))
     out: dict[str, Any] = {"turns": len(turns), "failures": failures}
+    out["fillers"] = sum(1 for t in turns if t.get("filler"))
     heard = [
         t["client_voice_to_voice_ms"]
         for t in turns
@@ -234,7 +244,10 @@ def machine() -> dict[str, Any]:
 
 
 def print_table(title: str, summary: dict[str, Any]) -> None:
-    print(f"{title}, {summary['turns']} turns, {summary['failures']} failed (ms)      p50      p95")
+    print(
+        f"{title}, {summary['turns']} turns, {summary['failures']} failed, "
+        f"{summary.get('fillers', 0)} with the filler (ms)      p50      p95"
+    )
     for key in ["client_voice_to_voice_ms", *STAGES]:
         row = summary[key]
         print(f"  {key:<28}{row['p50']!s:>9}{row['p95']!s:>9}")

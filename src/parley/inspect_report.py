@@ -80,6 +80,11 @@ def format_inspection(data: dict[str, Any]) -> str:
             lines.append("  end of turn: " + ", ".join(f"{k} {v}" for k, v in eot.items()))
         for tool in t.get("tools", []):
             lines.append(f"  tool {tool['tool']}: {tool['status']} in {tool['duration_ms']} ms")
+        for f in t.get("failovers", []):
+            lines.append(
+                f"  failover {f.get('stage')}: {f.get('from')} ({f.get('kind')})"
+                f" -> {f.get('to') or 'none left'}"
+            )
         for err in t.get("errors", []):
             lines.append(f"  error {err.get('code')} ({err.get('stage', '-')})")
         if t.get("interrupted"):

@@ -1,12 +1,17 @@
 """Tools for driving a real Parley server from tests and benchmarks.
 
 * :class:`ServerProcess` runs ``parley serve`` in a child process, as a user would.
+* :class:`EngineServerProcess` runs ``parley engine-server`` (the embedded engines behind
+  the OpenAI-compatible API, with fault injection) in a child process, and
+  :func:`serve_engine_app` serves engines the test already holds, in its own event loop:
+  real remote providers for failover tests, each able to hang, fail, drop or stop.
 * :func:`caller_speech` makes caller audio with espeak-ng (Debian package), a voice
   unlike the agent's, so Whisper hears a different speaker from the one that answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -16,13 +21,19 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 
 from parley.audio import read_wav, trim_leading_silence
+
+if TYPE_CHECKING:
+    from parley.engine_server import StageEngines
 
 _SPEECH_CACHE = Path(tempfile.gettempdir()) / "parley-caller-speech"
 
@@ -90,6 +101,222 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self._log.close()
+
+
+class EngineServerProcess:
+    """``parley engine-server`` in a child process on ``port`` (default: a free one),
+    serving the embedded engines of ``stages`` (``"llm,stt"`` or ``["llm", "stt"]``);
+    ready once ``GET /v1/models`` answers. ``kill()`` then ``start()`` is a provider
+    that crashed and came back on the same address; while it is down, connections are
+    refused. ``faults``: the fault injector's control API (``set_faults``)."""
+
+    def __init__(
+        self,
+        stages: str | Iterable[str],
+        port: int | None = None,
+        faults: bool = True,
+        *,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        cwd: Path | None = None,
+        ready_timeout: float = 180.0,
+    ) -> None:
+        self.stages = stages if isinstance(stages, str) else ",".join(stages)
+        self.port = port or free_port()
+        self.with_faults = faults
+        self.log_path = log_path or Path(tempfile.gettempdir()) / f"parley-engines-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._env = {**os.environ, **(env or {})}
+        self._cwd = cwd
+        self._ready_timeout = ready_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The API root, as a provider's ``base_url``."""
+        return f"{self.http}/v1"
+
+    def start(self) -> None:
+        """Start the server (again, after ``kill`` or ``stop``) and wait until it answers."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError("the engine server is already running")
+        command = [sys.executable, "-m", "parley", "engine-server", "--stages", self.stages]
+        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        command += ["--faults"] if self.with_faults else []
+        with open(self.log_path, "a") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                command, env=self._env, cwd=self._cwd, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + self._ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"engine server exited early; see {self.log_path}")
+            try:
+                if httpx.get(f"{self.url}/models", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.kill()
+        raise TimeoutError(
+            f"engine server not ready in {self._ready_timeout}s; see {self.log_path}"
+        )
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, open connections die with the process."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=15)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=15)
+
+    def set_faults(self, **plan: Any) -> dict[str, Any]:
+        """Replace the fault plan (``parley.provider_faults.FaultPlan``'s fields)."""
+        return self._control("POST", "/_faults", plan)
+
+    def faults(self) -> dict[str, Any]:
+        """The plan and the counters: ``requests`` and ``probes`` per path."""
+        return self._control("GET", "/_faults")
+
+    def reset_faults(self) -> dict[str, Any]:
+        """The counters back to zero (the plan stays)."""
+        return self._control("POST", "/_faults/reset")
+
+    def _control(
+        self, method: str, path: str, plan: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        if not self.with_faults:
+            raise RuntimeError("started without faults=True: there is no /_faults")
+        response = httpx.request(method, self.http + path, json=plan, timeout=5)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def __enter__(self) -> EngineServerProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class EngineAppServer:
+    """The engine app served in the test's own event loop (see :func:`serve_engine_app`)."""
+
+    asgi: Any
+    port: int
+    injector: Any = None
+    """The ``FaultInjector`` in front of the app (None without faults)."""
+    _server: Any = field(default=None, repr=False)
+    _task: Any = field(default=None, repr=False)
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The API root, as a provider's ``base_url``."""
+        return f"{self.http}/v1"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def set_faults(self, **plan: Any) -> dict[str, Any]:
+        """Replace the fault plan (``parley.provider_faults.FaultPlan``'s fields)."""
+        self._faults().set(**plan)
+        return self.faults()
+
+    def faults(self) -> dict[str, Any]:
+        return dict(self._faults().snapshot())
+
+    def reset_faults(self) -> dict[str, Any]:
+        self._faults().reset_counters()
+        return self.faults()
+
+    def _faults(self) -> Any:
+        if self.injector is None:
+            raise RuntimeError("served without faults=True")
+        return self.injector
+
+    async def start(self) -> None:
+        """Listen on ``port`` (again, after ``stop``)."""
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            def capture_signals(self) -> Any:
+                return nullcontext()  # Ctrl-C is the test runner's, not this server's
+
+        if self._server is not None:
+            raise RuntimeError("already listening")
+        config = uvicorn.Config(
+            self.asgi,
+            host="127.0.0.1",
+            port=self.port,
+            log_config=None,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        server = Server(config)
+        task = asyncio.create_task(server.serve())
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("the engine app did not start")
+                await asyncio.sleep(0.01)
+        self._server, self._task = server, task
+
+    async def stop(self) -> None:
+        """As a provider that died: the port refuses connections at once, and every open
+        connection (a hung request, a stream mid-way) is cut."""
+        server, task = self._server, self._task
+        if server is None:
+            return
+        self._server = self._task = None
+        for listener in server.servers:
+            listener.close()
+        for connection in list(server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+        server.should_exit = True
+        await task
+
+
+@asynccontextmanager
+async def serve_engine_app(
+    engines: StageEngines,
+    stages: str | Iterable[str],
+    *,
+    faults: bool = True,
+    port: int | None = None,
+) -> AsyncIterator[EngineAppServer]:
+    """``engines`` (loaded by the test: doubles, or the embedded ones) behind the
+    OpenAI-compatible API on 127.0.0.1, in this event loop; stopped on exit."""
+    from parley.engine_server import create_engine_app
+    from parley.provider_faults import FaultInjector
+
+    app = create_engine_app(engines, stages)
+    injector = FaultInjector(app) if faults else None
+    server = EngineAppServer(injector or app, port or free_port(), injector)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 def caller_speech(text: str, *, speed: int = 160, voice: str = "en-us") -> np.ndarray:

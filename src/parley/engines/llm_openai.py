@@ -11,8 +11,18 @@ from typing import Any
 import httpx
 
 from parley.config import LLMSettings
-from parley.engines.base import ChatMessage, EngineError
+from parley.engines.base import ChatMessage
 from parley.engines.completion import JSONCompletion
+from parley.engines.provider_errors import (
+    ProviderError,
+    http_failure,
+    transport_failure,
+)
+
+WHAT = "the LLM provider"
+PROBE_HEADERS = {"X-Parley-Probe": "1"}
+"""Marks a breaker's probe, so a provider's operator (and the tests) can tell it from
+traffic."""
 
 
 class OpenAICompatibleLLM:
@@ -21,8 +31,9 @@ class OpenAICompatibleLLM:
     def __init__(self, settings: LLMSettings) -> None:
         self._settings = settings
         headers = {}
-        if settings.api_key is not None:
-            headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
+        api_key = settings.resolved_api_key()
+        if api_key is not None:
+            headers["Authorization"] = f"Bearer {api_key}"
         self._http = httpx.AsyncClient(
             base_url=settings.base_url.rstrip("/") + "/",
             headers=headers,
@@ -41,27 +52,46 @@ class OpenAICompatibleLLM:
     async def prefill(self, messages: Sequence[ChatMessage]) -> None:
         """The provider caches prompts (or not) on its side."""
 
-    async def stream_chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+    async def stream_chat(
+        self, messages: Sequence[ChatMessage], *, probe: bool = False
+    ) -> AsyncIterator[str]:
+        body = self._body(messages, stream=True, **({"max_tokens": 1} if probe else {}))
         try:
             async with self._http.stream(
-                "POST", "chat/completions", json=self._body(messages, stream=True)
+                "POST", "chat/completions", json=body, headers=PROBE_HEADERS if probe else None
             ) as response:
                 if response.status_code != 200:
                     await response.aread()
-                    raise EngineError(_http_error(response))
+                    raise http_failure(WHAT, response)
+                finished = False
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue  # SSE comments, keep-alives, blank separators
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
-                    delta = _choice(json.loads(data)).get("delta") or {}
+                    choice = _choice(json.loads(data))
+                    finished = finished or bool(choice.get("finish_reason"))
+                    delta = choice.get("delta") or {}
                     if delta.get("content"):
                         yield str(delta["content"])
-        except httpx.TimeoutException as exc:
-            raise EngineError(f"the LLM provider timed out ({type(exc).__name__})") from exc
-        except (httpx.HTTPError, json.JSONDecodeError, KeyError, IndexError) as exc:
-            raise EngineError(f"the LLM provider failed: {exc!r}") from exc
+            if not finished:
+                # Neither [DONE] nor a finish reason: the stream was cut (the server
+                # died or dropped the connection mid-reply).
+                raise ProviderError(f"{WHAT} ended its stream mid-reply", "stream_cut")
+        except httpx.HTTPError as exc:
+            raise transport_failure(WHAT, exc) from exc
+        except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise ProviderError(f"{WHAT} sent a malformed chunk: {exc!r}", "malformed") from exc
+
+    async def probe(self) -> None:
+        """The breaker's tiny request: one token of a real completion."""
+        stream = self.stream_chat([ChatMessage("user", "Hi")], probe=True)
+        try:
+            async for _ in stream:
+                break
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
 
     async def complete_json(
         self, messages: Sequence[ChatMessage], schema: dict[str, Any]
@@ -78,18 +108,20 @@ class OpenAICompatibleLLM:
         try:
             response = await self._http.post("chat/completions", json=body)
         except httpx.TimeoutException as exc:
-            raise EngineError(
-                f"no reply from the LLM provider within {self._settings.timeout:.0f} s"
+            raise ProviderError(
+                f"no reply from {WHAT} within {self._settings.timeout:.0f} s", "timeout"
             ) from exc
         except httpx.HTTPError as exc:
-            raise EngineError(f"the LLM provider is unreachable: {exc!r}") from exc
+            raise transport_failure(WHAT, exc) from exc
         if response.status_code != 200:
-            raise EngineError(_http_error(response))
+            raise http_failure(WHAT, response)
         try:
             choice = _choice(response.json())
             content = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise EngineError(f"the LLM provider answered an unexpected body: {exc!r}") from exc
+            raise ProviderError(
+                f"{WHAT} answered an unexpected body: {exc!r}", "malformed"
+            ) from exc
         reason = choice.get("finish_reason")
         return JSONCompletion(str(content or ""), reason if isinstance(reason, str) else None)
 
@@ -99,16 +131,15 @@ class OpenAICompatibleLLM:
         there all the same; refused credentials or an unavailable upstream are not."""
         try:
             response = await self._http.get("models", timeout=timeout)
-        except httpx.TimeoutException as exc:
-            raise EngineError(f"the LLM provider did not answer within {timeout:g} s") from exc
         except httpx.HTTPError as exc:
-            raise EngineError(f"the LLM provider is unreachable: {exc!r}") from exc
+            raise transport_failure(WHAT, exc) from exc
         if response.status_code in (401, 403):
-            raise EngineError(
-                f"the LLM provider refused the credentials (HTTP {response.status_code})"
+            raise ProviderError(
+                f"{WHAT} refused the credentials (HTTP {response.status_code})",
+                f"http_{response.status_code}",
             )
         if response.status_code >= 500 and response.status_code != 501:
-            raise EngineError(f"the LLM provider answered HTTP {response.status_code}")
+            raise http_failure(WHAT, response)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -118,7 +149,3 @@ def _choice(body: dict[str, Any]) -> dict[str, Any]:
     choice = body["choices"][0]
     assert isinstance(choice, dict)
     return choice
-
-
-def _http_error(response: httpx.Response) -> str:
-    return f"the LLM provider answered HTTP {response.status_code}: {response.text[:200]}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from parley.config import Settings
 from parley.engines.base import (
@@ -47,57 +48,62 @@ class Engines:
 
 
 async def load_engines(settings: Settings) -> Engines:
-    """Load the embedded engines (model loading runs in threads, TTS workers start meanwhile)."""
-    from parley.engines.llm_llama import LlamaLLM
-    from parley.engines.stt_whisper import WhisperSTT
-    from parley.engines.tts_piper import PiperTTS
+    """Load the engines (model loading runs in threads, TTS workers start meanwhile); a
+    stage with fallbacks is a chain of its providers (``engines/chains.py``)."""
+    from parley.engines.chains import build_llm, build_stt, build_tts
     from parley.engines.turn_smart import SmartTurn
     from parley.engines.vad_silero import SileroVAD
 
     start = time.perf_counter()
-    tts = PiperTTS(settings.tts)
-    tts_started = asyncio.ensure_future(tts.start())
-    stt = await asyncio.to_thread(WhisperSTT, settings.stt)
-    llm: LanguageModel
-    if settings.llm.provider == "openai":
-        from parley.engines.llm_openai import OpenAICompatibleLLM
+    tts_started = asyncio.ensure_future(build_tts(settings))
+    try:
+        stt = await build_stt(settings)
+        llm = await build_llm(settings)
+        vad = await asyncio.to_thread(SileroVAD)
+        eou = await asyncio.to_thread(SmartTurn, None, settings.stt.device)
+        eou_text: TextEndOfTurnModel | None = None
+        if settings.turn.text_model:
+            from parley.engines.turn_text import TextTurnDetector
 
-        llm = OpenAICompatibleLLM(settings.llm)
-    else:
-        llm = await asyncio.to_thread(LlamaLLM, settings.llm)
-    vad = await asyncio.to_thread(SileroVAD)
-    eou = await asyncio.to_thread(SmartTurn, None, settings.stt.device)
-    eou_text: TextEndOfTurnModel | None = None
-    if settings.turn.text_model:
-        from parley.engines.turn_text import TextTurnDetector
-
-        eou_text = await asyncio.to_thread(TextTurnDetector, settings.turn)
-    await tts_started
+            eou_text = await asyncio.to_thread(TextTurnDetector, settings.turn)
+    except BaseException:
+        tts_started.cancel()
+        raise
+    tts = await tts_started
     engines = Engines(stt=stt, llm=llm, tts=tts, vad=vad, eou=eou, eou_text=eou_text)
     await warm_up(engines)
     log.info(
         "engines loaded",
         seconds=round(time.perf_counter() - start, 2),
-        stt_device=stt.device,
-        llm_device=getattr(llm, "device", "?"),
-        tts_device=tts.device,
+        stt_device=getattr(stt, "device", "chain"),
+        llm_device=getattr(llm, "device", "chain"),
+        tts_device=getattr(tts, "device", "chain"),
     )
     return engines
 
 
 async def warm_up(engines: Engines) -> None:
-    """First inference of each model is slow (allocation, graph init): pay it at start-up."""
+    """First inference of each model is slow (allocation, graph init): pay it at start-up.
+    Remote providers are not warmed: one that is down must not stop start-up."""
     import numpy as np
 
     from parley.engines.base import ChatMessage
 
-    await engines.stt.transcribe(np.zeros(16_000, dtype=np.float32))
+    for stt in _embedded(engines.stt):
+        await stt.transcribe(np.zeros(16_000, dtype=np.float32))
     await engines.eou.completion_probability(np.zeros(16_000, dtype=np.float32))
     if engines.eou_text is not None:
         await engines.eou_text.completion_probability("Hello")
-    async for _ in engines.tts.synthesize("Hello."):
-        pass
-    if getattr(engines.llm, "device", None) == "remote":
-        return  # nothing to warm here; a provider that is down must not stop start-up
-    async for _ in engines.llm.stream_chat([ChatMessage("user", "Hi")]):
-        break
+    for tts in _embedded(engines.tts):
+        async for _ in tts.synthesize("Hello."):
+            pass
+    for llm in _embedded(engines.llm):
+        async for _ in llm.stream_chat([ChatMessage("user", "Hi")]):
+            break
+
+
+def _embedded(engine: Any) -> list[Any]:
+    """The engines of a stage that run here (a chain's embedded providers)."""
+    providers = getattr(engine, "providers", None)
+    engines = [p.engine for p in providers] if providers is not None else [engine]
+    return [e for e in engines if getattr(e, "device", None) != "remote"]

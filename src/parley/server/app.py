@@ -38,6 +38,7 @@ from parley.store import Database, Store
 from parley.telemetry import Redactor, get_logger
 from parley.transports.admission import Admission, ServerFull
 from parley.transports.websocket import router as websocket_router
+from parley.voice.phrases import CannedPhrases
 
 log = get_logger(__name__)
 
@@ -78,6 +79,10 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         owned = engines is None
         app.state.engines = engines if engines is not None else await load_engines(settings)
         app.state.readiness = ReadinessProbe.for_app(app.state)
+        tts = getattr(app.state.engines, "tts", None)  # absent for an HTTP-only app
+        app.state.phrases = (
+            await CannedPhrases.prepare(tts, settings.agent) if tts is not None else None
+        )
         # The orchestration endpoint needs an LLM that can give structured (JSON) replies.
         llm = getattr(app.state.engines, "llm", None)
         structured = llm if hasattr(llm, "complete_json") else None
@@ -106,8 +111,6 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             if owned:
                 await app.state.engines.close()
             await database.close()
-            # Sends the traces still batched (a turn that ended just before shutdown).
-            await asyncio.to_thread(app.state.telemetry.tracer.shutdown)
             # Sends the traces still batched (a turn that ended just before shutdown).
             await asyncio.to_thread(app.state.telemetry.tracer.shutdown)
 

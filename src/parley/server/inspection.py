@@ -40,6 +40,7 @@ MARKS: tuple[tuple[str, str], ...] = (
     ("turn confirmed", "confirmed"),
     ("llm first token", "llm_first_token"),
     ("tts first audio", "tts_first_audio"),
+    ("filler said", "filler"),
     ("first audio sent", "first_frame"),
 )
 
@@ -90,6 +91,12 @@ def turn_waterfall(turn: dict[str, Any], events: list[dict[str, Any]]) -> dict[s
             if e["stage"] == "tool.result"
         ],
         "errors": [e["data"] for e in events if e["stage"] == "error"],
+        # A provider that failed inside the turn, and where the request went instead.
+        "failovers": [
+            {k: e["data"].get(k) for k in ("stage", "from", "to", "kind")}
+            for e in events
+            if e["stage"] == "provider.failover"
+        ],
         "interrupted": data.get("turn.interrupted"),
         "overlaps_ignored": [e["data"] for e in events if e["stage"] == "overlap.ignored"],
         "started_at": turn["transitions"][0]["at"] if turn.get("transitions") else None,

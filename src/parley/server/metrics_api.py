@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from parley.config import Settings
 from parley.engines import Engines
+from parley.engines.fallback import ProviderChain, provider_chains, stage_engines
 from parley.engines.lanes import InferenceLane, live_lanes
 from parley.orchestration import Orchestrator
 from parley.telemetry.metrics import EngineCollector, EngineNames, LaneView, VoiceMetrics
 from parley.telemetry.observing import Telemetry
+from parley.telemetry.provider_metrics import ChainView, ProviderCollector
 from parley.telemetry.tracing import TurnTracer
 
 router = APIRouter()
@@ -47,14 +50,29 @@ def build_metrics(
         return [view(lane) for lane in live_lanes()]
 
     def tts_workers() -> int | None:
-        running = getattr(engines.tts, "running", None)
-        return running if isinstance(running, int) else None
+        counts = [getattr(e, "running", None) for e in stage_engines(engines.tts)]
+        running = [n for n in counts if isinstance(n, int)]
+        return sum(running) if running else None
 
     def orchestration() -> tuple[int, int] | None:
         return None if orchestrator is None else (orchestrator.retries, orchestrator.failures)
 
     metrics.collect_from(EngineCollector(lanes, tts_workers, orchestration))
+    chains = [chain_view(c) for c in provider_chains(engines).values()]
+    if chains:
+        metrics.collect_from(ProviderCollector(lambda: chains))
     return metrics
+
+
+def chain_view(chain: ProviderChain[Any]) -> ChainView:
+    return ChainView(
+        chain.stage,
+        chain.status,
+        lambda: chain.attempts,
+        lambda: chain.failovers,
+        lambda: chain.held_off,
+        lambda: {p.name: p.breaker.opened_total for p in chain.providers},
+    )
 
 
 @router.get("/metrics", include_in_schema=False)

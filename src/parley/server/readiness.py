@@ -41,6 +41,7 @@ from parley.engines import (
     TextToSpeech,
     VoiceActivityDetector,
 )
+from parley.engines.fallback import ProviderChain, provider_chains
 from parley.store import Store
 from parley.telemetry import get_logger
 from parley.transports.admission import Admission
@@ -98,6 +99,8 @@ class Readiness:
     probed: Probed
     live: int
     max_sessions: int
+    providers: dict[str, list[dict[str, object]]] | None = None
+    """Each fallback chain's breakers, now (not cached)."""
 
     @property
     def ready(self) -> bool:
@@ -110,11 +113,14 @@ class Readiness:
             "live": self.live,
             "max": self.max_sessions,
         }
-        return {
+        out: dict[str, Any] = {
             "status": self.status,
             "checks": checks,
             "probed_at": self.probed.wall.isoformat(),
         }
+        if self.providers:
+            out["providers"] = self.providers
+        return out
 
 
 class ReadinessProbe:
@@ -139,6 +145,8 @@ class ReadinessProbe:
         self._latest: Probed | None = None
         self._round: asyncio.Future[Probed] | None = None
         self._last_status: Status | None = None
+        self.chains: dict[str, ProviderChain[Any]] = {}
+        """The stages that are fallback chains: their breakers are shown."""
 
     @classmethod
     def for_app(cls, state: Any) -> ReadinessProbe:
@@ -153,13 +161,15 @@ class ReadinessProbe:
         password = make_url(store.db.url).password
         if password:
             secrets.append(str(password))
-        return cls(
+        probe = cls(
             probes,
             state.admission,
             cache_secs=settings.server.readiness_cache_secs,
             timeout_secs=timeout,
             secrets=secrets,
         )
+        probe.chains = provider_chains(state.engines)
+        return probe
 
     async def check(self) -> Readiness:
         probed = await self.dependencies()
@@ -168,7 +178,8 @@ class ReadinessProbe:
         if probed.ok and live >= self.admission.max_sessions:
             status = "full"
         self._log_change(status, probed)
-        return Readiness(status, probed, live, self.admission.max_sessions)
+        providers = {stage: chain.status() for stage, chain in self.chains.items()}
+        return Readiness(status, probed, live, self.admission.max_sessions, providers)
 
     async def dependencies(self) -> Probed:
         """The latest round of probes if younger than ``cache_secs``, else a new one

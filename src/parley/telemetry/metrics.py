@@ -118,6 +118,18 @@ class VoiceMetrics:
             registry=r,
         )
         self.reconnects = Counter("parley_reconnects", "Sessions resumed.", t, registry=r)
+        self.fillers = Counter(
+            "parley_fillers",
+            "Replies whose first audio was late enough that the filler was said first.",
+            t,
+            registry=r,
+        )
+        self.failovers_seen = Counter(
+            "parley_turn_failovers",
+            "Provider failovers inside sessions' turns, by stage.",
+            (*t, "stage"),
+            registry=r,
+        )
         self.tool_calls = Counter(
             "parley_tool_calls", "Tool calls by outcome.", ("tool", "status"), registry=r
         )
@@ -198,6 +210,8 @@ class MetricsObserver:
                 )
         elif kind == "turn.metrics":
             self._turn_metrics(ev)
+        elif kind == "agent.filler":
+            m.fillers.labels(self.transport).inc()
         elif kind == "overlap.ignored":
             m.overlaps_ignored.labels(self.transport, str(ev.get("kind", "unknown"))).inc()
         elif kind == "error":
@@ -259,6 +273,8 @@ class MetricsObserver:
                 self._packets_lost = lost
             if isinstance(data.get("jitter_ms"), int | float):
                 m.webrtc_jitter.observe(data["jitter_ms"] / 1000)
+        elif stage == "provider.failover":
+            m.failovers_seen.labels(self.transport, str(data.get("stage", "unknown"))).inc()
         elif stage == "tool.result":
             tool = str(data.get("tool", "unknown"))
             m.tool_calls.labels(tool, str(data.get("status", "unknown"))).inc()

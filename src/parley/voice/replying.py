@@ -62,6 +62,7 @@ class Replying(SessionCore):
                 script=script,
                 decide=decide,
                 on_speaking=self._on_speaking,
+                filler=self.phrases.filler if reply.user_text is not None else None,
             )
         except asyncio.CancelledError:
             raise
@@ -78,9 +79,10 @@ class Replying(SessionCore):
             code = error_code(real)
             stage = error_stage(real)
             self._send_error(code, safe_message(code, stage), reply.turn_id, stage)
-            self.history.add_assistant(reply.playout.heard_text())
             if self.recorder is not None:
                 self.recorder.turn_finished(reply.turn_id, TurnState.FAILED, {"error": code})
+            await self._apologise(reply)
+            self.history.add_assistant(reply.playout.heard_text())
         else:
             self.history.add_assistant(reply.raw_text() or reply.full_text())
             self._prefill_next_turn()
@@ -93,6 +95,17 @@ class Replying(SessionCore):
             self._reply = None
             self._send_state("listening")
             self._adopt_overlaps()
+
+    async def _apologise(self, reply: Reply) -> None:
+        """Say the canned apology (synthesized at start-up: heard even when every speech
+        provider is down) after a reply that failed."""
+        apology = self.phrases.apology
+        if apology is None or reply.user_text is None:
+            return
+        self._send_state("speaking")
+        self.sink.send_event(event("agent.text", turn_id=reply.turn_id, text=apology.text))
+        await reply.playout.play(apology.text, apology.audio)
+        await reply.playout.finish()
 
     def _on_speaking(self, reply: Reply) -> None:
         self._send_state("speaking")
@@ -141,6 +154,11 @@ def turn_metrics(turn: UserTurn, reply: Reply, now: float) -> dict[str, Any]:
         "eou_model_ms": None if turn.eou_model_ms is None else round(turn.eou_model_ms, 1),
         **reply.metrics.as_ms(),
         "voice_to_voice_ms": ms(now - turn.last_speech_at),
+        "filler_ms": ms(
+            None
+            if reply.metrics.filler_at is None
+            else reply.metrics.filler_at - turn.last_speech_at
+        ),
         "drafts_discarded": turn.drafts_discarded,
         "early_finals_discarded": turn.early_finals_discarded,
         "preemptive": reply.metrics.llm_started is not None
@@ -153,6 +171,7 @@ def turn_metrics(turn: UserTurn, reply: Reply, now: float) -> dict[str, Any]:
         "llm_first_token": reply.metrics.llm_first_token,
         "tts_started": reply.metrics.tts_started,
         "tts_first_audio": reply.metrics.tts_first_audio,
+        "filler": reply.metrics.filler_at,
         "first_frame": now,
     }
     # Each step in ms after the user's last speech: where the voice-to-voice time went.

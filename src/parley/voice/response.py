@@ -19,6 +19,7 @@ from parley.config import Settings
 from parley.engines import ChatMessage, EngineError, Engines
 from parley.voice.chunker import SentenceChunker
 from parley.voice.events import SessionSink, event
+from parley.voice.phrases import SpokenPhrase
 from parley.voice.playout import AudioPlayout
 
 _DONE = object()
@@ -37,6 +38,8 @@ class ReplyMetrics:
     llm_first_token: float | None = None
     tts_started: float | None = None
     tts_first_audio: float | None = None
+    filler_at: float | None = None
+    """When the filler began (the answer's first audio was late); it is not the answer."""
 
     def as_ms(self) -> dict[str, float | None]:
         def diff(a: float | None, b: float | None) -> float | None:
@@ -56,6 +59,7 @@ class Reply:
     playout: AudioPlayout
     metrics: ReplyMetrics = field(default_factory=ReplyMetrics)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    gate_opened_at: float | None = None
     task: asyncio.Task[None] | None = None
     spoken: list[str] = field(default_factory=list)
     raw: list[str] = field(default_factory=list)
@@ -73,6 +77,8 @@ class Reply:
         return self.gate.is_set()
 
     def open_gate(self) -> None:
+        if not self.gate.is_set():
+            self.gate_opened_at = _now()
         self.gate.set()
 
     def full_text(self) -> str:
@@ -92,11 +98,13 @@ async def run_reply(
     script: str | None = None,
     decide: Callable[[], Awaitable[Any]] | None = None,
     on_speaking: Callable[[Reply], None],
+    filler: SpokenPhrase | None = None,
 ) -> None:
     """Produce and play ``reply``. Raises EngineError or TimeoutError on failure.
 
     ``decide``: ask for the whole action envelope (the agent has tools) instead of
-    streaming free text; its ``spoken_text`` is then what is said."""
+    streaming free text; its ``spoken_text`` is then what is said. ``filler``: said once
+    if the answer has no audio ``agent.filler_after_ms`` after the gate opened."""
     sentences: asyncio.Queue[object] = asyncio.Queue()
     clips: asyncio.Queue[object] = asyncio.Queue()
 
@@ -169,9 +177,26 @@ async def run_reply(
         reply.first_audio.set()
         clips.put_nowait(_DONE)
 
+    async def next_clip() -> object:
+        if filler is None or reply.metrics.filler_at is not None or reply.started_speaking:
+            return await clips.get()
+        opened = reply.gate_opened_at if reply.gate_opened_at is not None else _now()
+        wait = opened + settings.agent.filler_after_ms / 1000 - _now()
+        getter = asyncio.ensure_future(clips.get())
+        try:
+            done, _ = await asyncio.wait({getter}, timeout=max(0.0, wait))
+            if not done:
+                # The answer is late (a slow provider, a failover): say so, once.
+                reply.metrics.filler_at = _now()
+                sink.send_event(event("agent.filler", turn_id=reply.turn_id, text=filler.text))
+                await reply.playout.play(filler.text, filler.audio)
+            return await getter
+        finally:
+            getter.cancel()
+
     async def speak() -> None:
         await reply.gate.wait()
-        while (clip := await clips.get()) is not _DONE:
+        while (clip := await next_clip()) is not _DONE:
             assert isinstance(clip, tuple)
             text: str = clip[0]
             audio: np.ndarray = clip[1]

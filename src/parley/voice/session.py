@@ -13,7 +13,9 @@ state they share. This module is the transport's side: start, audio in, controls
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from parley.engines.fallback import failover_listener
 from parley.telemetry import bind_session, get_logger
 from parley.voice.acting import Acting
 from parley.voice.audio_rate import InboundAudioBudget
@@ -70,6 +72,9 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting):
 
     async def start(self) -> None:
         bind_session(self.session_id)
+        # The engines are shared; a failover inside this session's work (every task is
+        # spawned from here on, so it inherits this) is told to this session's timeline.
+        failover_listener.set(self._on_failover)
         self.sink.send_event(
             event(
                 "session.started",
@@ -87,6 +92,12 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting):
         if self.settings.agent.greeting and not self._restored:
             self._start_reply(0, None, script=self.settings.agent.greeting, confirmed=True)
         self._prefill_next_turn()
+
+    def _on_failover(self, detail: dict[str, Any]) -> None:
+        turn_id = self._reply.turn_id if self._reply is not None else self._current_turn_id()
+        log.info("provider failover", turn_id=turn_id, **detail)
+        if self.recorder is not None:
+            self.recorder.event("provider.failover", turn_id, detail)
 
     def push_audio(self, pcm: bytes) -> None:
         """Queue inbound PCM16LE 16 kHz mono (any length, even byte count). Audio beyond

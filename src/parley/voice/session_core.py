@@ -23,6 +23,7 @@ from parley.telemetry import get_logger
 from parley.voice.echo import EchoReference
 from parley.voice.events import AgentState, SessionSink, event
 from parley.voice.history import ConversationHistory
+from parley.voice.phrases import CannedPhrases
 from parley.voice.recording import SessionRecorder
 from parley.voice.response import Reply
 from parley.voice.segmenter import SpeechSegmenter
@@ -32,6 +33,9 @@ log = get_logger(__name__)
 
 
 class SessionCore:
+    phrases: CannedPhrases = CannedPhrases()
+    """The filler and apology, synthesized at start-up (the server sets them; none here)."""
+
     def __init__(
         self,
         engines: Engines,

@@ -102,6 +102,7 @@ function drawTurn(turn, axis) {
     + (eot.eou_text_probability != null ? `, words ${eot.eou_text_probability.toFixed(2)}` : "")
     + (eot.eou_delay != null ? `, waited ${Math.round(eot.eou_delay * 1000)} ms` : "")));
   for (const tool of turn.tools) facts.append(element("span", { class: "tool" }, `tool ${tool.tool}: ${tool.status} in ${tool.duration_ms ?? "?"} ms`));
+  for (const f of turn.failovers || []) facts.append(element("span", { class: "error" }, `failover ${f.stage}: ${f.from} (${f.kind}) → ${f.to ?? "none left"}`));
   for (const err of turn.errors) facts.append(element("span", { class: "error" }, `error ${err.code}${err.stage ? ` (${err.stage})` : ""}`));
   if (turn.interrupted) facts.append(element("span", { class: "interruption" }, `interrupted (${turn.interrupted.reason}, ${turn.interrupted.words ?? 0} words from the caller); the caller heard: “${turn.heard ?? ""}”`));
   for (const o of turn.overlaps_ignored) facts.append(element("span", { class: "overlap" }, `ignored ${o.kind}`));

@@ -1,0 +1,155 @@
+"""Builds each engine stage from its settings: one engine when the stage has no
+fallbacks (as before), else a fallback chain of its primary and each fallback, every one
+with its own circuit breaker."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel
+
+from parley.config import Settings
+from parley.engine_settings import (
+    LLMProviderSettings,
+    LLMSettings,
+    STTProviderSettings,
+    STTSettings,
+    TTSProviderSettings,
+    TTSSettings,
+)
+from parley.engines.base import LanguageModel, SpeechToText, TextToSpeech
+from parley.engines.breaker import CircuitBreaker
+from parley.engines.fallback import FallbackSTT, Provider
+from parley.engines.fallback_llm import FallbackLLM
+from parley.engines.fallback_tts import FallbackTTS
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def as_stage(stage: S, entry: BaseModel) -> S:
+    """A fallback ``entry`` as a whole stage's settings: its own provider fields (its
+    defaults where unset), the stage's other fields (token budget, timeouts, trimming)."""
+    own = {name: getattr(entry, name) for name in type(entry).model_fields}
+    return stage.model_copy(update={**own, "fallbacks": []})
+
+
+def provider_name(entry: Any) -> str:
+    if entry.name:
+        return str(entry.name)
+    if entry.provider == "openai":
+        return f"openai@{urlsplit(entry.base_url).netloc or entry.base_url}"
+    return str(entry.provider)
+
+
+def _unique(names: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
+    return out
+
+
+async def build_stt(settings: Settings) -> SpeechToText:
+    stage = settings.stt
+    if not stage.fallbacks:
+        return await _one_stt(stage)
+    entries: list[STTProviderSettings] = [stage, *stage.fallbacks]
+    engines = [await _one_stt(as_stage(stage, e)) for e in entries]
+    return FallbackSTT("stt", _providers("stt", stage, entries, engines, "attempt_timeout"))
+
+
+async def build_llm(settings: Settings) -> LanguageModel:
+    stage = settings.llm
+    if not stage.fallbacks:
+        return await _one_llm(stage)
+    entries: list[LLMProviderSettings] = [stage, *stage.fallbacks]
+    engines = [await _one_llm(as_stage(stage, e)) for e in entries]
+    return FallbackLLM("llm", _providers("llm", stage, entries, engines, "first_token_timeout"))
+
+
+async def build_tts(settings: Settings) -> TextToSpeech:
+    stage = settings.tts
+    if not stage.fallbacks:
+        return await _one_tts(stage)
+    entries: list[TTSProviderSettings] = [stage, *stage.fallbacks]
+    engines = [await _one_tts(as_stage(stage, e)) for e in entries]
+    return FallbackTTS("tts", _providers("tts", stage, entries, engines, "first_audio_timeout"))
+
+
+def _providers(
+    kind: str, stage: Any, entries: Sequence[Any], engines: Sequence[Any], timeout_field: str
+) -> list[Provider[Any]]:
+    names = _unique([provider_name(e) for e in entries])
+    return [
+        Provider(
+            name,
+            engine,
+            CircuitBreaker(kind, name, stage.breaker, _probe_of(kind, engine)),
+            float(getattr(entry, timeout_field)),
+        )
+        for name, engine, entry in zip(names, engines, entries, strict=True)
+    ]
+
+
+def _probe_of(kind: str, engine: Any) -> Callable[[], Awaitable[None]]:
+    """The breaker's tiny request: the engine's own (remote ones mark it as a probe)."""
+    own = getattr(engine, "probe", None)
+    if own is not None:
+        return own
+
+    async def probe() -> None:
+        import numpy as np
+
+        from parley.engines.base import ChatMessage
+
+        if kind == "stt":
+            await engine.transcribe(np.zeros(8_000, dtype=np.float32))
+            return
+        stream = (
+            engine.stream_chat([ChatMessage("user", "Hi")])
+            if kind == "llm"
+            else engine.synthesize("Hi.")
+        )
+        try:
+            async for _ in stream:
+                break
+        finally:
+            await stream.aclose()
+
+    return probe
+
+
+async def _one_stt(settings: STTSettings) -> SpeechToText:
+    if settings.provider == "openai":
+        from parley.engines.stt_openai import OpenAICompatibleSTT
+
+        return OpenAICompatibleSTT(settings)
+    from parley.engines.stt_whisper import WhisperSTT
+
+    return await asyncio.to_thread(WhisperSTT, settings)
+
+
+async def _one_llm(settings: LLMSettings) -> LanguageModel:
+    if settings.provider == "openai":
+        from parley.engines.llm_openai import OpenAICompatibleLLM
+
+        return OpenAICompatibleLLM(settings)
+    from parley.engines.llm_llama import LlamaLLM
+
+    return await asyncio.to_thread(LlamaLLM, settings)
+
+
+async def _one_tts(settings: TTSSettings) -> TextToSpeech:
+    if settings.provider == "openai":
+        from parley.engines.tts_openai import OpenAICompatibleTTS
+
+        return OpenAICompatibleTTS(settings)
+    from parley.engines.tts_piper import PiperTTS
+
+    tts = PiperTTS(settings)
+    await tts.start()
+    return tts

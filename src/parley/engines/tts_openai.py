@@ -1,0 +1,84 @@
+"""A remote text-to-speech engine behind the OpenAI-compatible speech API
+(``POST /v1/audio/speech`` with ``response_format=pcm``: Kokoro-FastAPI, openedai-speech,
+OpenAI), streamed as it is synthesized and resampled to Parley's 16 kHz on the way."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import numpy as np
+import soxr
+
+from parley.audio.pcm import SAMPLE_RATE
+from parley.engine_settings import TTSProviderSettings
+from parley.engines.llm_openai import PROBE_HEADERS
+from parley.engines.provider_errors import ProviderError, http_failure, transport_failure
+
+WHAT = "the TTS provider"
+NOT_AUDIO = ("application/json", "text/")
+
+
+class OpenAICompatibleTTS:
+    device = "remote"
+
+    def __init__(self, settings: TTSProviderSettings) -> None:
+        self._settings = settings
+        headers = {}
+        api_key = settings.resolved_api_key()
+        if api_key is not None:
+            headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.AsyncClient(
+            base_url=settings.base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(settings.timeout, connect=2.0),
+        )
+
+    async def synthesize(self, text: str, *, probe: bool = False) -> AsyncIterator[np.ndarray]:
+        body = {
+            "model": self._settings.model,
+            "input": text,
+            "voice": self._settings.voice,
+            "response_format": "pcm",
+        }
+        rate = self._settings.sample_rate
+        resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="int16", quality="HQ")
+        odd = b""
+        try:
+            async with self._http.stream(
+                "POST", "audio/speech", json=body, headers=PROBE_HEADERS if probe else None
+            ) as response:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise http_failure(WHAT, response)
+                kind = response.headers.get("content-type", "")
+                if kind.startswith(NOT_AUDIO):
+                    raise ProviderError(f"{WHAT} answered {kind!r}, not audio", "malformed")
+                async for chunk in response.aiter_bytes():
+                    data = odd + chunk
+                    cut = len(data) - len(data) % 2  # a sample may straddle two chunks
+                    odd = data[cut:]
+                    if not cut:
+                        continue
+                    pcm = np.frombuffer(data[:cut], dtype="<i2")
+                    out = pcm if rate == SAMPLE_RATE else resampler.resample_chunk(pcm)
+                    if out.size:
+                        yield np.asarray(out, dtype=np.int16)
+        except httpx.HTTPError as exc:
+            raise transport_failure(WHAT, exc) from exc
+        if rate != SAMPLE_RATE:
+            tail = resampler.resample_chunk(np.zeros(0, dtype=np.int16), last=True)
+            if tail.size:
+                yield np.asarray(tail, dtype=np.int16)
+
+    async def probe(self) -> None:
+        """The breaker's tiny request: one short word, its first audio."""
+        stream = self.synthesize("Hi.", probe=True)
+        try:
+            async for _ in stream:
+                break
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    async def close(self) -> None:
+        await self._http.aclose()
