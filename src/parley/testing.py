@@ -73,17 +73,7 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/v1/ws"
 
     def _wait_ready(self, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.http}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise TimeoutError(f"server not ready in {timeout}s; see {self.log_path}")
+        wait_until_answers(self.proc, f"{self.http}/health", timeout, self.log_path)
 
     def health(self) -> dict[str, object]:
         return dict(httpx.get(f"{self.http}/health", timeout=5).json())
@@ -95,12 +85,37 @@ class ServerProcess:
         self._log.close()
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        terminate(self.proc)
         self._log.close()
+
+
+def wait_until_answers(
+    proc: subprocess.Popen[bytes], url: str, timeout: float, log_path: Path
+) -> None:
+    """Until ``url`` answers 200; the child exiting first, or ``timeout``, is an error."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early; see {log_path}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"server not ready in {timeout}s; see {log_path}")
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it is still there after 15 s."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=15)
 
 
 class EngineServerProcess:
@@ -152,20 +167,11 @@ class EngineServerProcess:
             self.proc = subprocess.Popen(
                 command, env=self._env, cwd=self._cwd, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + self._ready_timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"engine server exited early; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/models", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.kill()
-        raise TimeoutError(
-            f"engine server not ready in {self._ready_timeout}s; see {self.log_path}"
-        )
+        try:
+            wait_until_answers(self.proc, f"{self.url}/models", self._ready_timeout, self.log_path)
+        except TimeoutError:
+            self.kill()
+            raise
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, open connections die with the process."""
@@ -174,13 +180,8 @@ class EngineServerProcess:
             self.proc.wait(timeout=15)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
+        if self.proc is not None:
+            terminate(self.proc)
 
     def set_faults(self, **plan: Any) -> dict[str, Any]:
         """Replace the fault plan (``parley.provider_faults.FaultPlan``'s fields)."""

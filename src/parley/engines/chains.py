@@ -13,16 +13,13 @@ from pydantic import BaseModel
 
 from parley.config import Settings
 from parley.engine_settings import (
-    LLMProviderSettings,
     LLMSettings,
-    STTProviderSettings,
     STTSettings,
-    TTSProviderSettings,
     TTSSettings,
 )
 from parley.engines.base import LanguageModel, SpeechToText, TextToSpeech
 from parley.engines.breaker import CircuitBreaker
-from parley.engines.fallback import FallbackSTT, Provider
+from parley.engines.fallback import FallbackSTT, Provider, ProviderChain
 from parley.engines.fallback_llm import FallbackLLM
 from parley.engines.fallback_tts import FallbackTTS
 
@@ -54,30 +51,37 @@ def _unique(names: list[str]) -> list[str]:
 
 
 async def build_stt(settings: Settings) -> SpeechToText:
-    stage = settings.stt
-    if not stage.fallbacks:
-        return await _one_stt(stage)
-    entries: list[STTProviderSettings] = [stage, *stage.fallbacks]
-    engines = [await _one_stt(as_stage(stage, e)) for e in entries]
-    return FallbackSTT("stt", _providers("stt", stage, entries, engines, "attempt_timeout"))
+    stt: SpeechToText = await _build(settings.stt, "stt", _one_stt, FallbackSTT, "attempt_timeout")
+    return stt
 
 
 async def build_llm(settings: Settings) -> LanguageModel:
-    stage = settings.llm
-    if not stage.fallbacks:
-        return await _one_llm(stage)
-    entries: list[LLMProviderSettings] = [stage, *stage.fallbacks]
-    engines = [await _one_llm(as_stage(stage, e)) for e in entries]
-    return FallbackLLM("llm", _providers("llm", stage, entries, engines, "first_token_timeout"))
+    llm: LanguageModel = await _build(
+        settings.llm, "llm", _one_llm, FallbackLLM, "first_token_timeout"
+    )
+    return llm
 
 
 async def build_tts(settings: Settings) -> TextToSpeech:
-    stage = settings.tts
+    tts: TextToSpeech = await _build(
+        settings.tts, "tts", _one_tts, FallbackTTS, "first_audio_timeout"
+    )
+    return tts
+
+
+async def _build(
+    stage: Any,
+    kind: str,
+    one: Callable[[Any], Awaitable[Any]],
+    chain: type[ProviderChain[Any]],
+    timeout_field: str,
+) -> Any:
+    """One engine for a stage without fallbacks, else the chain of all its providers."""
     if not stage.fallbacks:
-        return await _one_tts(stage)
-    entries: list[TTSProviderSettings] = [stage, *stage.fallbacks]
-    engines = [await _one_tts(as_stage(stage, e)) for e in entries]
-    return FallbackTTS("tts", _providers("tts", stage, entries, engines, "first_audio_timeout"))
+        return await one(stage)
+    entries = [stage, *stage.fallbacks]
+    engines = [await one(as_stage(stage, e)) for e in entries]
+    return chain(kind, _providers(kind, stage, entries, engines, timeout_field))
 
 
 def _providers(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -31,6 +31,7 @@ from parley.telemetry import get_logger
 log = get_logger(__name__)
 
 E = TypeVar("E")
+T = TypeVar("T")
 
 FailoverListener = Callable[[dict[str, Any]], None]
 failover_listener: ContextVar[FailoverListener | None] = ContextVar(
@@ -45,6 +46,19 @@ def attempt_timeout(provider: Provider[Any], candidates: list[Provider[Any]]) ->
     left to move on to, giving up early would only lose the answer (the stage's whole-call
     timeout still applies)."""
     return None if provider is candidates[-1] else provider.timeout
+
+
+async def each_within(stream: AsyncIterator[T], timeout: float | None) -> AsyncIterator[T]:
+    """``stream``'s items, each within ``timeout`` seconds of the one before (else
+    TimeoutError): a provider that stops mid-stream is as failed as one that never
+    starts."""
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                item = await anext(stream)
+        except StopAsyncIteration:
+            return
+        yield item
 
 
 class AllProvidersFailed(EngineError):

@@ -18,7 +18,13 @@ from typing import Any
 
 from parley.engines.base import ChatMessage, EngineError, LanguageModel
 from parley.engines.completion import JSONCompletion
-from parley.engines.fallback import AllProvidersFailed, Provider, ProviderChain, attempt_timeout
+from parley.engines.fallback import (
+    AllProvidersFailed,
+    Provider,
+    ProviderChain,
+    attempt_timeout,
+    each_within,
+)
 
 
 class RepeatFilter:
@@ -96,12 +102,7 @@ class FallbackLLM(ProviderChain[LanguageModel]):
             started = time.monotonic()
             stream = provider.engine.stream_chat(prompt)
             try:
-                while True:
-                    try:
-                        async with asyncio.timeout(timeout):
-                            delta = await anext(stream)
-                    except StopAsyncIteration:
-                        break
+                async for delta in each_within(stream, timeout):
                     text = repeats.push(delta)
                     if text:
                         said += text

@@ -9,7 +9,6 @@ rather than lost.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from parley.audio.pcm import SAMPLE_RATE
 from parley.engines.base import EngineError, TextToSpeech
-from parley.engines.fallback import AllProvidersFailed, ProviderChain, attempt_timeout
+from parley.engines.fallback import AllProvidersFailed, ProviderChain, attempt_timeout, each_within
 
 DEFAULT_SECS_PER_CHAR = 0.07
 """An English voice at an ordinary pace (~14 characters a second), until measured."""
@@ -50,12 +49,7 @@ class FallbackTTS(ProviderChain[TextToSpeech]):
             samples = 0
             stream = provider.engine.synthesize(remaining)
             try:
-                while True:
-                    try:
-                        async with asyncio.timeout(timeout):
-                            audio = await anext(stream)
-                    except StopAsyncIteration:
-                        break
+                async for audio in each_within(stream, timeout):
                     samples += audio.size
                     yield audio
             except (EngineError, TimeoutError) as exc:

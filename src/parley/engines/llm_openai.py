@@ -18,11 +18,9 @@ from parley.engines.provider_errors import (
     http_failure,
     transport_failure,
 )
+from parley.engines.provider_http import PROBE_HEADERS, provider_client
 
 WHAT = "the LLM provider"
-PROBE_HEADERS = {"X-Parley-Probe": "1"}
-"""Marks a breaker's probe, so a provider's operator (and the tests) can tell it from
-traffic."""
 
 
 class OpenAICompatibleLLM:
@@ -30,15 +28,7 @@ class OpenAICompatibleLLM:
 
     def __init__(self, settings: LLMSettings) -> None:
         self._settings = settings
-        headers = {}
-        api_key = settings.resolved_api_key()
-        if api_key is not None:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._http = httpx.AsyncClient(
-            base_url=settings.base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(settings.timeout, connect=5.0),
-        )
+        self._http = provider_client(settings, settings.timeout, connect=5.0)
 
     def _body(self, messages: Sequence[ChatMessage], **extra: Any) -> dict[str, Any]:
         return {

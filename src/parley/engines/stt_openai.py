@@ -14,8 +14,8 @@ import numpy as np
 from parley.audio.pcm import SAMPLE_RATE, float_to_pcm16
 from parley.engine_settings import STTProviderSettings
 from parley.engines.base import Transcript
-from parley.engines.llm_openai import PROBE_HEADERS
 from parley.engines.provider_errors import ProviderError, http_failure, transport_failure
+from parley.engines.provider_http import PROBE_HEADERS, provider_client
 
 WHAT = "the STT provider"
 
@@ -36,15 +36,7 @@ class OpenAICompatibleSTT:
 
     def __init__(self, settings: STTProviderSettings) -> None:
         self._settings = settings
-        headers = {}
-        api_key = settings.resolved_api_key()
-        if api_key is not None:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._http = httpx.AsyncClient(
-            base_url=settings.base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(settings.attempt_timeout, connect=2.0),
-        )
+        self._http = provider_client(settings, settings.attempt_timeout)
         self._in_flight = 0
 
     @property

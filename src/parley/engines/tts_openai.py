@@ -12,8 +12,8 @@ import soxr
 
 from parley.audio.pcm import SAMPLE_RATE
 from parley.engine_settings import TTSProviderSettings
-from parley.engines.llm_openai import PROBE_HEADERS
 from parley.engines.provider_errors import ProviderError, http_failure, transport_failure
+from parley.engines.provider_http import PROBE_HEADERS, provider_client
 
 WHAT = "the TTS provider"
 NOT_AUDIO = ("application/json", "text/")
@@ -24,15 +24,7 @@ class OpenAICompatibleTTS:
 
     def __init__(self, settings: TTSProviderSettings) -> None:
         self._settings = settings
-        headers = {}
-        api_key = settings.resolved_api_key()
-        if api_key is not None:
-            headers["Authorization"] = f"Bearer {api_key}"
-        self._http = httpx.AsyncClient(
-            base_url=settings.base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(settings.timeout, connect=2.0),
-        )
+        self._http = provider_client(settings, settings.timeout)
 
     async def synthesize(self, text: str, *, probe: bool = False) -> AsyncIterator[np.ndarray]:
         body = {

@@ -108,7 +108,10 @@ def inspection(record: dict[str, Any]) -> dict[str, Any]:
     """A session's record as the inspector shows it."""
     by_turn: dict[int | None, list[dict[str, Any]]] = {}
     for e in record["events"]:
-        by_turn.setdefault(e["turn"], []).append(e)
+        # An event of work begun before its turn was stored (a preemptive draft's
+        # failover) carries the voice turn's number instead.
+        turn = e["turn"] if e["turn"] is not None else (e["data"] or {}).get("voice_turn")
+        by_turn.setdefault(turn, []).append(e)
     turns = [turn_waterfall(t, by_turn.get(t["seq"], [])) for t in record["turns"]]
     session_events = [
         {"stage": e["stage"], "at": e["at"], "data": e["data"]}
