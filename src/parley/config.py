@@ -288,6 +288,28 @@ class TelemetrySettings(BaseModel):
     ``PARLEY_TELEMETRY__ADMIN_KEY``)."""
 
 
+class TwilioSettings(BaseModel):
+    auth_token: SecretStr | None = None
+    """Checks every webhook's ``X-Twilio-Signature`` (set it from the environment:
+    ``PARLEY_TELEPHONY__TWILIO__AUTH_TOKEN``). Unset: Twilio's endpoints refuse all."""
+    account_sid: str | None = None
+    """For the REST API (ending or redirecting a call)."""
+    public_url: str | None = None
+    """The URL Twilio reaches this server at (``https://voice.example.com``), as Twilio
+    signed it: behind a reverse proxy or a tunnel the server cannot know it. Unset: the
+    request's own URL."""
+    stream_token_ttl_secs: int = Field(default=60, ge=5, le=600)
+    """Lifetime of the token Twilio hands back in the media stream's ``start``."""
+    api_base_url: str | None = None
+    """Twilio's REST API root (tests point it at a local server); unset: Twilio's own."""
+
+
+class TelephonySettings(BaseModel):
+    twilio: TwilioSettings = TwilioSettings()
+    dtmf_handoff_digit: str | None = Field(default="0", pattern=r"^[0-9*#]$")
+    """A key the caller presses to ask for a person (a handoff request); None: none."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PARLEY_",
@@ -307,6 +329,7 @@ class Settings(BaseSettings):
     tts: TTSSettings = TTSSettings()
     playout: PlayoutSettings = PlayoutSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    telephony: TelephonySettings = TelephonySettings()
     tools: list[WebhookToolSettings] = Field(default_factory=list)
     """Webhook tools (``[[tools]]`` tables in the agent file)."""
     log_level: str = "INFO"

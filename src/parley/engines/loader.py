@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from parley.config import Settings
 from parley.engines.base import (
     EndOfTurnModel,
+    EngineError,
     LanguageModel,
     SpeechToText,
     TextEndOfTurnModel,
@@ -84,22 +87,37 @@ async def load_engines(settings: Settings) -> Engines:
 
 async def warm_up(engines: Engines) -> None:
     """First inference of each model is slow (allocation, graph init): pay it at start-up.
-    Remote providers are not warmed: one that is down must not stop start-up."""
+    Remote providers are not warmed: one that is down must not stop start-up. A warm-up
+    that fails or times out (a machine busy at start) is logged, not fatal: the first
+    call pays the cost instead, and ``/ready`` says whether the engine answers."""
     import numpy as np
 
     from parley.engines.base import ChatMessage
 
-    for stt in _embedded(engines.stt):
-        await stt.transcribe(np.zeros(16_000, dtype=np.float32))
-    await engines.eou.completion_probability(np.zeros(16_000, dtype=np.float32))
-    if engines.eou_text is not None:
-        await engines.eou_text.completion_probability("Hello")
-    for tts in _embedded(engines.tts):
-        async for _ in tts.synthesize("Hello."):
-            pass
-    for llm in _embedded(engines.llm):
+    silence = np.zeros(16_000, dtype=np.float32)
+
+    async def first_token(llm: Any) -> None:
         async for _ in llm.stream_chat([ChatMessage("user", "Hi")]):
             break
+
+    async def whole(tts: Any) -> None:
+        async for _ in tts.synthesize("Hello."):
+            pass
+
+    steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
+        ("stt", functools.partial(s.transcribe, silence)) for s in _embedded(engines.stt)
+    ]
+    steps.append(("end_of_turn", functools.partial(engines.eou.completion_probability, silence)))
+    if engines.eou_text is not None:
+        text_model = engines.eou_text
+        steps.append(("end_of_turn_text", lambda: text_model.completion_probability("Hello")))
+    steps += [("tts", functools.partial(whole, t)) for t in _embedded(engines.tts)]
+    steps += [("llm", functools.partial(first_token, m)) for m in _embedded(engines.llm)]
+    for name, step in steps:
+        try:
+            await step()
+        except EngineError as exc:
+            log.warning("warm-up failed (the first call pays)", engine=name, error=repr(exc))
 
 
 def _embedded(engine: Any) -> list[Any]:

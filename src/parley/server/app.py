@@ -31,12 +31,14 @@ from parley.server.readiness import ReadinessProbe
 from parley.server.readiness import router as readiness_router
 from parley.server.sessions_api import router as sessions_router
 from parley.server.sessions_api import server_full_response
+from parley.server.telephony_api import router as telephony_router
 from parley.server.tokens import TokenIssuer
 from parley.server.turns_api import router as turns_router
 from parley.server.webrtc_api import router as webrtc_router
 from parley.store import Database, Store
 from parley.telemetry import Redactor, get_logger
 from parley.transports.admission import Admission, ServerFull
+from parley.transports.twilio_media import router as twilio_media_router
 from parley.transports.websocket import router as websocket_router
 from parley.voice.phrases import CannedPhrases
 
@@ -131,6 +133,8 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.include_router(sessions_router)
     app.include_router(turns_router)
     app.include_router(websocket_router)
+    app.include_router(telephony_router)
+    app.include_router(twilio_media_router)
     app.include_router(webrtc_router)
     app.include_router(readiness_router)
     app.add_exception_handler(ServerFull, server_full_response)

@@ -41,7 +41,8 @@ from parley.engines import (
     TextToSpeech,
     VoiceActivityDetector,
 )
-from parley.engines.fallback import ProviderChain, provider_chains
+from parley.engines.fallback import AllProvidersFailed, ProviderChain, provider_chains
+from parley.engines.provider_errors import ProviderError
 from parley.store import Store
 from parley.telemetry import get_logger
 from parley.transports.admission import Admission
@@ -212,6 +213,10 @@ class ReadinessProbe:
         return Check(reason is None, ms, reason)
 
     def _reason(self, exc: Exception) -> str:
+        if isinstance(exc, ProviderError | AllProvidersFailed):
+            # A provider's own words (its error body) stay in the log: /ready is open.
+            log.info("readiness probe failed", error=repr(exc))
+            return provider_reason(exc)
         text = (str(exc).strip().splitlines() or [""])[0]
         if not isinstance(exc, ProbeFailed | EngineError):  # those already say what failed
             text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -228,6 +233,14 @@ class ReadinessProbe:
             log.warning("not ready", failing=failing)
         else:
             log.info("readiness", status=status)
+
+
+def provider_reason(exc: ProviderError | AllProvidersFailed) -> str:
+    """A remote provider's failure as ``/ready`` says it: the kind of failure only."""
+    if isinstance(exc, AllProvidersFailed):
+        tried = ", ".join(f"{name} {kind}" for name, kind in exc.failures) or "none available"
+        return f"every provider failed: {tried}"
+    return f"the provider failed: {exc.kind}"
 
 
 def engine_probes(engines: Engines, timeout_secs: float) -> dict[str, Probe]:

@@ -49,6 +49,8 @@ class SessionRecord(Base):
     reconnect_status: Mapped[str] = mapped_column(String(16), default="connected")
     reconnect_count: Mapped[int] = mapped_column(Integer, default=0)
     consent: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    call_sid: Mapped[str | None] = mapped_column(String(64), index=True)
+    """The phone call behind the session (Twilio's CallSid), if it is one."""
 
 
 class Turn(Base):

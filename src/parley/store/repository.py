@@ -37,6 +37,7 @@ class Store(TurnStore):
         mode: str = "voice",
         consent: dict[str, Any] | None = None,
         session_id: str | None = None,
+        call_sid: str | None = None,
     ) -> SessionRecord:
         sid = session_id or uuid.uuid4().hex
         record = SessionRecord(
@@ -49,6 +50,7 @@ class Store(TurnStore):
             reconnect_status="new",
             reconnect_count=0,
             consent=consent or {},
+            call_sid=call_sid,
         )
         async with self.db.session() as s:
             s.add(record)

@@ -75,6 +75,10 @@ class ObservedSink:
     def clear_audio(self) -> None:
         self._sink.clear_audio()
 
+    def __getattr__(self, name: str) -> Any:
+        # What a transport's sink offers beyond the protocol (a phone line's marks).
+        return getattr(self._sink, name)
+
 
 class LiveSession:
     """A voice session held by one transport connection. ``on_taken_over`` is the
@@ -102,6 +106,7 @@ class LiveSession:
         self._limits: asyncio.Task[None] | None = None
         self._expiry: asyncio.Future[None] | None = None
         self._ends_session = False
+        self._reason = "disconnected"
         observer.opened()
 
     def watch_limits(self, deadline: float) -> None:
@@ -145,6 +150,7 @@ class LiveSession:
             self.observer.closed(reason)
             if self.session.recorder is not None:
                 self.session.recorder.event("transport.disconnected", None, {"reason": reason})
+            self._reason = reason
             self._closing = asyncio.ensure_future(self._close())
         # Shielded: a caller cancelled mid-close must not leave the record half written.
         await asyncio.shield(self._closing)
@@ -152,7 +158,7 @@ class LiveSession:
     async def _close(self) -> None:
         self.app.state.sessions.pop(id(self.session), None)
         try:
-            await self.session.close()
+            await self.session.close(ended_by_caller=self._reason == "client_ended")
             if self._ends_session:
                 try:
                     await self.app.state.store.end_session(self.session.session_id)

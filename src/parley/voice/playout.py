@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +20,9 @@ class PlayedSentence:
     text: str
     total_samples: int
     played_samples: int = 0
+    mark: str | None = None
+    """The transport's mark after this sentence, where the transport has marks (a phone
+    line): echoed once the listener has heard all of it."""
 
     def heard_text(self) -> str:
         """The words heard, pro rata to the audio played (word timing is not known)."""
@@ -67,6 +71,9 @@ class AudioPlayout:
         loop = asyncio.get_running_loop()
         sentence = PlayedSentence(text, int(audio.size))
         self.sentences.append(sentence)
+        # The previous sentence's last partial frame leaves with this one's first.
+        lead_in = self._carry.size
+        carried = self.sentences[-2] if lead_in and len(self.sentences) > 1 else None
         pcm = np.concatenate([self._carry, audio.astype("<i2")])
         n_frames = pcm.size // FRAME_SAMPLES
         self._carry = pcm[n_frames * FRAME_SAMPLES :]
@@ -81,9 +88,18 @@ class AudioPlayout:
             self._send(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], loop.time())
             if self.first_frame_at is None:
                 self.first_frame_at = loop.time()
+            if carried is not None:
+                # Its end went out in that frame: it was sent whole (else its last word
+                # would never count as heard).
+                carried.played_samples = carried.total_samples
+                carried = None
             self._next_at += FRAME_SECS
-            sentence.played_samples = min(sentence.total_samples, (i + 1) * FRAME_SAMPLES)
-        sentence.played_samples = sentence.total_samples - self._carry.size
+            sent = (i + 1) * FRAME_SAMPLES - lead_in
+            sentence.played_samples = min(sentence.total_samples, max(0, sent))
+        sentence.played_samples = max(0, sentence.total_samples - self._carry.size)
+        mark = getattr(self.sink, "mark", None)
+        if mark is not None:
+            sentence.mark = mark()
 
     async def finish(self) -> None:
         """Send the last partial frame (zero-padded) and wait until it has been heard."""
@@ -104,7 +120,11 @@ class AudioPlayout:
         return " ".join(s.text for s in self.sentences if s.played_samples)
 
     def heard_text(self) -> str:
-        """What the listener heard, allowing for the ``lead_secs`` still in flight."""
+        """What the listener heard, allowing for the ``lead_secs`` still in flight; on a
+        transport with marks, from the marks it echoed."""
+        played_at = getattr(self.sink, "played_at", None)
+        if played_at is not None and any(s.mark for s in self.sentences):
+            return self._heard_by_marks(played_at)
         loop = asyncio.get_running_loop()
         in_flight = 0
         if self._next_at is not None:
@@ -118,3 +138,20 @@ class AudioPlayout:
             )
             parts.append(heard.heard_text())
         return " ".join(p for p in reversed(parts) if p)
+
+    def _heard_by_marks(self, played_at: Callable[[str], float | None]) -> str:
+        """Every sentence whose mark came back was heard whole; of the one after, the
+        words pro rata to the time since the mark before it (or since its first frame)."""
+        now = asyncio.get_running_loop().time()
+        since = self.first_frame_at if self.first_frame_at is not None else now
+        parts: list[str] = []
+        for sentence in self.sentences:
+            echoed = played_at(sentence.mark) if sentence.mark else None
+            if echoed is not None:
+                parts.append(sentence.text)
+                since = echoed
+                continue
+            heard = min(sentence.played_samples, int(max(0.0, now - since) * SAMPLE_RATE))
+            parts.append(PlayedSentence(sentence.text, sentence.total_samples, heard).heard_text())
+            break
+        return " ".join(p for p in parts if p)

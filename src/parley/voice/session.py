@@ -16,6 +16,7 @@ import asyncio
 from typing import Any
 
 from parley.engines.fallback import failover_listener
+from parley.store import TurnState
 from parley.telemetry import bind_session, get_logger
 from parley.voice.acting import Acting
 from parley.voice.audio_rate import InboundAudioBudget
@@ -23,6 +24,7 @@ from parley.voice.barge_in import BargeIn
 from parley.voice.events import Event, event
 from parley.voice.listening import Listening
 from parley.voice.replying import Replying
+from parley.voice.response import Reply
 from parley.voice.turn_ending import TurnEnding
 from parley.voice.turns import Segment, UserTurn
 
@@ -93,6 +95,18 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting):
             self._start_reply(0, None, script=self.settings.agent.greeting, confirmed=True)
         self._prefill_next_turn()
 
+    def _cancel_reply(self, reply: Reply) -> None:
+        """The caller left mid-reply: what they heard is kept, the turn is cancelled."""
+        self._reply = None
+        if reply.task is not None:
+            reply.task.cancel()
+        heard = reply.playout.heard_text()
+        self.history.add_assistant(heard)
+        if self.recorder is not None:
+            self.recorder.turn_finished(
+                reply.turn_id, TurnState.CANCELLED, {"heard": heard, "reason": "caller_ended"}
+            )
+
     def _on_failover(self, detail: dict[str, Any]) -> None:
         turn_id = self._reply.turn_id if self._reply is not None else self._current_turn_id()
         log.info("provider failover", turn_id=turn_id, **detail)
@@ -155,14 +169,20 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting):
     def unmute(self) -> None:
         self._muted = False
 
-    async def close(self) -> None:
+    async def close(self, *, ended_by_caller: bool = False) -> None:
+        """``ended_by_caller``: the caller ended the session (hung up, ``end``) rather than
+        the connection being lost: a reply being spoken is then ``cancelled`` — nobody
+        will come back for it — instead of interrupted."""
         if self._closed:
             return
         reply = self._reply
         if reply is not None and reply.confirmed and reply.started_speaking:
-            # The connection went while the agent spoke: keep what the user heard, so a
-            # reconnect's history (and transcript) has it, as after any interruption.
-            self._barge_in(reason="disconnected")
+            if ended_by_caller:
+                self._cancel_reply(reply)
+            else:
+                # The connection went while the agent spoke: keep what the user heard, so
+                # a reconnect's history (and transcript) has it, as after any interruption.
+                self._barge_in(reason="disconnected")
         turn = self._turn
         if turn is not None and turn.text:
             # The user had spoken words the turn never got to confirm: they are kept, in
