@@ -41,6 +41,20 @@ WEBRTC_UTTERANCES = [
     "Any ideas for what to make for dinner tonight",
 ]
 
+# The phone run (fake Twilio, mu-law both ways): reworded once more.
+PHONE_UTTERANCES = [
+    "At what time will the store open tomorrow",
+    "Tell me something fun about the moon",
+    "Book me a table for two tonight at seven",
+    "What is the forecast for this weekend",
+    "I want a coffee with milk please",
+    "Name the capital city of France",
+    "Remind me to ring my mother tomorrow",
+    "How many minutes make up one day",
+    "Do you know a short joke about computers",
+    "What could I cook tonight for dinner",
+]
+
 _NAMES = [
     "Alice", "Bruno", "Chloe", "Daniel", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jonas",
     "Karen", "Liam", "Maria", "Noah", "Olivia", "Peter", "Quentin", "Rosa", "Samuel", "Tina",

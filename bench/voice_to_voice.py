@@ -36,8 +36,15 @@ from typing import Any
 from parley.client import CallClient
 from parley.testing import OTLPReceiver, ServerProcess, caller_speech
 from parley.webrtc_client import WebRTCCallClient
+from phone_path import AUTH_TOKEN, run_phone_session
 from telemetry_overhead import alternate
-from v2v_prompts import INTRO_COUNT, UTTERANCES, WEBRTC_UTTERANCES, caller_intro
+from v2v_prompts import (
+    INTRO_COUNT,
+    PHONE_UTTERANCES,
+    UTTERANCES,
+    WEBRTC_UTTERANCES,
+    caller_intro,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -275,15 +282,19 @@ def main() -> None:
 
     env = dict(kv.split("=", 1) for kv in args.env)
     env.setdefault("PARLEY_LOG_LEVEL", "WARNING")
+    env.setdefault("PARLEY_TELEPHONY__TWILIO__AUTH_TOKEN", AUTH_TOKEN)
     env.setdefault("PARLEY_SERVER__DATABASE_URL", f"sqlite:///{RESULTS / 'bench.db'}")
     ws_prompts = UTTERANCES[: args.utterances]
     rtc_prompts = WEBRTC_UTTERANCES[: args.utterances]
+    phone_prompts = PHONE_UTTERANCES[: args.utterances]
     server = ServerProcess(env, RESULTS / "server.log", cwd=ROOT)
     try:
         single_turns = asyncio.run(run_session(server.ws_url, ws_prompts))
         single = summarize(single_turns)
         webrtc_turns = asyncio.run(run_session(server.http, rtc_prompts, client=WebRTCCallClient))
         webrtc = summarize(webrtc_turns)
+        phone_turns = asyncio.run(run_phone_session(server.http, phone_prompts))
+        phone = summarize(phone_turns)
         levels: dict[int, Any] = {}
         held = 0
         # Step 1 too: the single-session runs above have 10 turns, a step needs 30.
@@ -317,11 +328,13 @@ def main() -> None:
             "the LLM's prompt cache",
             "min_samples_per_concurrency_step": args.min_samples,
         },
-        "prompts": {"websocket": ws_prompts, "webrtc": rtc_prompts},
+        "prompts": {"websocket": ws_prompts, "webrtc": rtc_prompts, "phone": phone_prompts},
         "single_session": single,
         "single_session_turns": single_turns,
         "webrtc_single_session": webrtc,
         "webrtc_single_session_turns": webrtc_turns,
+        "phone_single_session": phone,
+        "phone_single_session_turns": phone_turns,
         "concurrency": levels,
         "sessions_held_p95_le_1500ms": held,
         "telemetry_overhead": telemetry,
@@ -349,11 +362,17 @@ def main() -> None:
     for t in webrtc_turns:
         if t["failed"]:
             print(f"  said: {t['said']!r}  FAILED: {t['failed']}")
+    for t in phone_turns:
+        if t["failed"]:
+            print(f"  phone said: {t['said']!r}  FAILED: {t['failed']}")
     ws_row, rtc_row = single["client_voice_to_voice_ms"], webrtc["client_voice_to_voice_ms"]
+    phone_row = phone["client_voice_to_voice_ms"]
     print(
         f"voice-to-voice p50/p95: WebSocket {ws_row['p50']}/{ws_row['p95']} ms "
         f"({ws_row['failures']} failed), "
-        f"WebRTC {rtc_row['p50']}/{rtc_row['p95']} ms ({rtc_row['failures']} failed)"
+        f"WebRTC {rtc_row['p50']}/{rtc_row['p95']} ms ({rtc_row['failures']} failed), "
+        f"phone (fake Twilio, mu-law) {phone_row['p50']}/{phone_row['p95']} ms "
+        f"({phone_row['failures']} failed)"
     )
     print(
         f"concurrent sessions held with p95 <= {CONCURRENCY_P95_LIMIT_MS:.0f} ms "
