@@ -129,6 +129,12 @@ def test_runs_never_share_prompts_and_each_concurrency_step_has_30_turns(monkeyp
         return [ok_turn(u) for u in utterances]
 
     monkeypatch.setattr(vv, "run_session", recording_session)
+
+    async def recording_phone(http, utterances):  # type: ignore[no-untyped-def]
+        calls.append((http, list(utterances), "phone"))
+        return [ok_turn(u) for u in utterances]
+
+    monkeypatch.setattr(vv, "run_phone_session", recording_phone)
     monkeypatch.setattr(vv, "ServerProcess", FakeServer)
     monkeypatch.setattr(vv, "ROOT", tmp_path)
     monkeypatch.setattr(vv, "RESULTS", tmp_path)
@@ -136,10 +142,11 @@ def test_runs_never_share_prompts_and_each_concurrency_step_has_30_turns(monkeyp
     monkeypatch.setattr(sys, "argv", argv)
     vv.main()
 
-    websocket, webrtc = calls[0][1], calls[1][1]
-    assert calls[1][2] is vv.WebRTCCallClient
-    assert len(websocket) == len(webrtc) == 10
+    websocket, webrtc, phone = calls[0][1], calls[1][1], calls[2][1]
+    assert calls[1][2] is vv.WebRTCCallClient and calls[2][2] == "phone"
+    assert len(websocket) == len(webrtc) == len(phone) == 10
     assert not set(websocket) & set(webrtc), "WebRTC replays the WebSocket run's prompts"
+    assert not (set(websocket) | set(webrtc)) & set(phone), "the phone run replays prompts"
     # A conversation's prompts differ from every other's once their first utterances do.
     openings = [utterances[0] for _, utterances, _ in calls]
     assert len(openings) == len(set(openings))

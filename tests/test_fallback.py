@@ -14,7 +14,7 @@ from parley.engine_settings import BreakerSettings
 from parley.engines import ChatMessage, EngineError, Transcript
 from parley.engines.breaker import CircuitBreaker
 from parley.engines.fallback import AllProvidersFailed, FallbackSTT, Provider, failover_listener
-from parley.engines.fallback_llm import FallbackLLM, RepeatFilter
+from parley.engines.fallback_llm import FallbackLLM, RepeatFilter, spaced
 from parley.engines.fallback_tts import FallbackTTS, rest_of_sentence
 from parley.engines.provider_errors import ProviderError, retry_after_secs
 
@@ -201,6 +201,15 @@ async def test_a_hung_llm_fails_over_after_its_first_token_timeout() -> None:
     chain = chain_of(FallbackLLM, "llm", LLM([], hang=True), LLM(["Noon."]), timeout=0.2)
     async with asyncio.timeout(2):
         assert await reply(chain) == "Noon."
+
+
+async def test_a_continuation_that_starts_a_new_sentence_is_spaced_from_what_was_said() -> None:
+    primary = LLM(["It is noon.", " unsent"], fail_after=1)
+    fallback = LLM(["Enjoy", " your lunch."])
+    assert await reply(chain_of(FallbackLLM, "llm", primary, fallback)) == (
+        "It is noon. Enjoy your lunch."
+    )
+    assert spaced("It is Par", "is.") == "is."  # a cut word stays joined
 
 
 def test_the_repeat_filter() -> None:

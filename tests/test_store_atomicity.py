@@ -85,19 +85,28 @@ async def test_migrating_renumbers_turns_the_old_race_numbered_twice(tmp_path):
     async with db.engine.begin() as connection:
         await connection.run_sync(upgrade_to_0002)
     store = Store(db)
-    session = await store.create_session()
+    session_id = "old-session"
     async with db.session() as s:
+        # Raw SQL: today's model has columns (0004's call_sid) this old schema lacks.
+        await s.execute(
+            text(
+                "INSERT INTO sessions (id, room_id, mode, started_at, orchestration_state,"
+                " reconnect_status, reconnect_count, consent)"
+                " VALUES (:s, :r, 'voice', :t, '{}', 'new', 0, '{}')"
+            ),
+            {"s": session_id, "r": f"room-{session_id}", "t": datetime.now(UTC)},
+        )
         for key, seq in (("a", 1), ("b", 1), ("c", 2), ("d", 1)):
             await s.execute(
                 text(
                     "INSERT INTO turns (session_id, seq, idempotency_key, state, created_at,"
                     " updated_at) VALUES (:s, :n, :k, 'completed', :t, :t)"
                 ),
-                {"s": session.id, "n": seq, "k": key, "t": datetime.now(UTC)},
+                {"s": session_id, "n": seq, "k": key, "t": datetime.now(UTC)},
             )
     await db.migrate()
-    turns = await store.turns(session.id)
+    turns = await store.turns(session_id)
     assert [(t.idempotency_key, t.seq) for t in turns] == [("a", 1), ("b", 2), ("d", 3), ("c", 4)]
-    turn, created = await store.begin_turn(session.id, "e")
+    turn, created = await store.begin_turn(session_id, "e")
     assert created and turn.seq == 5
     await db.close()

@@ -33,6 +33,8 @@ class BreakerSettings(BaseModel):
     """How long an opened breaker waits before its first background probe (a tiny
     request); a failed probe waits as long again. A 429's ``Retry-After`` replaces it."""
     probe_timeout_secs: float = Field(default=5.0, gt=0)
+    max_retry_after_secs: float = Field(default=300.0, gt=0)
+    """The longest a 429's ``Retry-After`` keeps a provider's breaker open."""
 
 
 class RemoteProviderFields(BaseModel):

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from parley.engine_settings import BreakerSettings
+from parley.engines.provider_errors import failure_kind
 from parley.telemetry import get_logger
 
 log = get_logger(__name__)
 
 BreakerState = Literal["closed", "open", "half_open"]
-STATE_VALUES: dict[BreakerState, int] = {"closed": 0, "half_open": 1, "open": 2}
 
 
 @dataclass
@@ -56,7 +56,8 @@ class CircuitBreaker:
         if self.state != "closed":
             return
         if retry_after is not None:
-            self._open(now, retry_after, error)
+            # Bounded: a provider's Retry-After must not switch it off for a day.
+            self._open(now, min(retry_after, self.settings.max_retry_after_secs), error)
             return
         self._failures.append(now)
         while self._failures and self._failures[0] < now - self.settings.window_secs:
@@ -100,7 +101,8 @@ class CircuitBreaker:
                 raise
             except Exception as exc:
                 self.state = "open"
-                self.last_error = repr(exc)
+                # The kind only: /ready shows it, and a provider's text may name internals.
+                self.last_error = failure_kind(exc)
                 self.reopen_at = self.clock() + self.settings.open_secs
                 log.info(
                     "provider probe failed",
@@ -116,10 +118,8 @@ class CircuitBreaker:
     async def aclose(self) -> None:
         if self._probing is not None:
             self._probing.cancel()
-            try:
-                await self._probing
-            except BaseException:
-                pass
+            # Waited for without raising: the caller's own cancellation still propagates.
+            await asyncio.wait([self._probing])
 
     def status(self) -> dict[str, object]:
         return {

@@ -126,12 +126,17 @@ class ProviderChain(Generic[E]):
         )
         return kind
 
-    def moved_on(self, failed: Provider[E], kind: str, detail: dict[str, Any]) -> None:
-        """Tell the session (its timeline) that a request left ``failed`` for the next
-        provider; called once the next provider has been chosen."""
-        later = self.providers[self.providers.index(failed) + 1 :]
-        nxt = next((p for p in later if p.breaker.allows), None)
-        to = nxt.name if nxt is not None else None
+    def moved_on(
+        self,
+        failed: Provider[E],
+        kind: str,
+        detail: dict[str, Any],
+        candidates: list[Provider[E]],
+    ) -> None:
+        """Tell the session (its timeline) that a request left ``failed`` for the next of
+        ``candidates`` (the providers this request tries, in order)."""
+        later = candidates[candidates.index(failed) + 1 :]
+        to = later[0].name if later else None
         self.failovers[(failed.name, to or "none")] += 1
         listener = failover_listener.get()
         if listener is not None:
@@ -172,7 +177,8 @@ class FallbackSTT(ProviderChain[SpeechToText]):
             except (EngineError, TimeoutError) as exc:
                 kind = self.failed(provider, exc, started=started)
                 failures.append((provider.name, kind))
-                self.moved_on(provider, kind, {"audio_secs": round(audio.size / 16_000, 2)})
+                detail = {"audio_secs": round(audio.size / 16_000, 2)}
+                self.moved_on(provider, kind, detail, candidates)
                 continue
             self.succeeded(provider)
             return result

@@ -82,6 +82,16 @@ def _after_letters(text: str, n: int) -> str:
     return ""
 
 
+def spaced(said: str, text: str) -> str:
+    """The first text of a continuation, spaced from what was said where it starts a new
+    word or sentence (chat servers given a trailing assistant message often start a new
+    one); a cut word continued ("Par" + "is") stays joined."""
+    if said and text and not said[-1].isspace() and not text[0].isspace():
+        if said[-1] in ".!?,;:" or text[0].isupper():
+            return " " + text
+    return text
+
+
 class FallbackLLM(ProviderChain[LanguageModel]):
     async def prefill(self, messages: Sequence[ChatMessage]) -> None:
         for provider in self.providers:
@@ -99,22 +109,25 @@ class FallbackLLM(ProviderChain[LanguageModel]):
             if said:
                 prompt.append(ChatMessage("assistant", said))
             repeats = RepeatFilter(said)
+            junction = bool(said)  # this provider continues what another said
             started = time.monotonic()
             stream = provider.engine.stream_chat(prompt)
             try:
                 async for delta in each_within(stream, timeout):
-                    text = repeats.push(delta)
-                    if text:
+                    if text := repeats.push(delta):
+                        if junction:
+                            text, junction = spaced(said, text), False
                         said += text
                         yield text
-                tail = repeats.flush()
-                if tail:
+                if tail := repeats.flush():
+                    if junction:
+                        tail = spaced(said, tail)
                     said += tail
                     yield tail
             except (EngineError, TimeoutError) as exc:
                 kind = self.failed(provider, exc, started=started)
                 failures.append((provider.name, kind))
-                self.moved_on(provider, kind, {"chars_said": len(said)})
+                self.moved_on(provider, kind, {"chars_said": len(said)}, candidates)
                 continue
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
@@ -142,7 +155,7 @@ class FallbackLLM(ProviderChain[LanguageModel]):
             except (EngineError, TimeoutError) as exc:
                 kind = self.failed(provider, exc, started=started)
                 failures.append((provider.name, kind))
-                self.moved_on(provider, kind, {"envelope": True})
+                self.moved_on(provider, kind, {"envelope": True}, candidates)
                 continue
             self.succeeded(provider)
             return result

@@ -61,6 +61,7 @@ class FallbackTTS(ProviderChain[TextToSpeech]):
                     provider,
                     kind,
                     {"sentence_chars": len(text), "rest_chars": len(rest), "audio_secs": heard},
+                    candidates,
                 )
                 if samples and not rest:
                     return  # it had said the whole sentence: nothing is missing

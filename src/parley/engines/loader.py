@@ -19,6 +19,7 @@ from parley.engines.base import (
     TextToSpeech,
     VoiceActivityDetector,
 )
+from parley.engines.fallback import stage_engines
 from parley.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -71,6 +72,7 @@ async def load_engines(settings: Settings) -> Engines:
             eou_text = await asyncio.to_thread(TextTurnDetector, settings.turn)
     except BaseException:
         tts_started.cancel()
+        await asyncio.wait([tts_started])  # its Piper workers are stopped by the cancel
         raise
     tts = await tts_started
     engines = Engines(stt=stt, llm=llm, tts=tts, vad=vad, eou=eou, eou_text=eou_text)
@@ -116,12 +118,10 @@ async def warm_up(engines: Engines) -> None:
     for name, step in steps:
         try:
             await step()
-        except EngineError as exc:
+        except (EngineError, TimeoutError) as exc:
             log.warning("warm-up failed (the first call pays)", engine=name, error=repr(exc))
 
 
 def _embedded(engine: Any) -> list[Any]:
     """The engines of a stage that run here (a chain's embedded providers)."""
-    providers = getattr(engine, "providers", None)
-    engines = [p.engine for p in providers] if providers is not None else [engine]
-    return [e for e in engines if getattr(e, "device", None) != "remote"]
+    return [e for e in stage_engines(engine) if getattr(e, "device", None) != "remote"]

@@ -55,9 +55,7 @@ async def signed_form(request: Request) -> dict[str, str]:
     if settings.auth_token is None:
         log.warning("twilio webhook refused: telephony.twilio.auth_token is not set")
         raise HTTPException(403, "telephony is not configured on this server")
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise HTTPException(413, "the webhook form is too large")
+    body = await _bounded_body(request)
     try:
         form = dict(parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False))
     except UnicodeDecodeError as exc:
@@ -68,6 +66,20 @@ async def signed_form(request: Request) -> dict[str, str]:
         log.warning("twilio webhook refused: bad signature", signed=bool(signature))
         raise HTTPException(403, "invalid or missing X-Twilio-Signature")
     return form
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """The body, refused (413) past ``MAX_FORM_BYTES`` without reading the rest: nobody is
+    authenticated yet."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise HTTPException(413, "the webhook form is too large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise HTTPException(413, "the webhook form is too large")
+    return bytes(body)
 
 
 @router.post("/voice", responses={403: {"description": "missing or invalid signature"}})

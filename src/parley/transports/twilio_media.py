@@ -18,7 +18,9 @@ How a stream ends: ``stop`` or a closed socket is the caller hanging up (the ses
 ends; a turn in progress is ``cancelled``); a bad ``start`` (no or a forged token, an
 unknown session, another call's token, the wrong media format) is closed with 4401 /
 4403 / 4404 / 1003 before any session opens; a malformed message mid-call is logged and
-skipped (Twilio cannot be told), and many of them close the stream (1008).
+skipped (Twilio cannot be told), and many of them close the stream (1008), as does
+audio sent faster than real time. A phone call never resumes: however the stream ends
+(but a takeover or a server shutdown), its session ends and its tokens with it.
 """
 
 from __future__ import annotations
@@ -66,6 +68,11 @@ MAX_BAD_MESSAGES = 50
 MAX_MESSAGE_BYTES = 65_536
 CLOSE_BAD_START = 1003
 CLOSE_POLICY = 1008
+CLOSE_CODES = {"client_ended": 1000, "taken_over": 1000, "disconnected": 1000}
+"""How the stream is closed, by why the call ended (else 1008: a policy close)."""
+RESUMABLE = ("taken_over", "server_shutdown")
+"""Ends of a stream that leave its session open (another connection has it, or a server
+going down); any other end ends the session."""
 
 Item = tuple[Literal["audio"], bytes] | tuple[Literal["mark"], str] | tuple[Literal["clear"], None]
 
@@ -173,11 +180,11 @@ async def twilio_media(websocket: WebSocket) -> None:
         admission.left(session_id, dropped=False)  # a phone call does not come back
         if receiver is not None:
             receiver.cancel()
-        await live.close(reason)
+        await live.close(reason, ends_session=reason not in RESUMABLE)
         sender.cancel()
         with contextlib.suppress(BaseException):
             await sender
-        await _close(websocket, 1000, "call ended")
+        await _close(websocket, CLOSE_CODES.get(reason, CLOSE_POLICY), reason)
         log.info("phone call ended", reason=reason)
 
 

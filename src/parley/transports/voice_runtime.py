@@ -135,7 +135,7 @@ class LiveSession:
     def closing(self) -> bool:
         return self._closing is not None
 
-    async def close(self, reason: str = "disconnected") -> None:
+    async def close(self, reason: str = "disconnected", *, ends_session: bool = False) -> None:
         """Close the voice session and record the disconnect, once, however many times
         and from wherever it is called (the connection's own clean-up and a takeover
         race): every caller waits for the same close. ``reason``, one of
@@ -144,7 +144,9 @@ class LiveSession:
             reason = reason if reason in END_REASONS else "error"
             # The caller hung up, or a limit ended it: the session is over, and its
             # tokens with it (a drop, a takeover or a shutdown leaves it resumable).
-            self._ends_session |= reason == "client_ended" or reason in SESSION_ENDING_CODES
+            self._ends_session |= (
+                ends_session or reason == "client_ended" or reason in SESSION_ENDING_CODES
+            )
             if self._limits is not None and self._limits is not asyncio.current_task():
                 self._limits.cancel()
             self.observer.closed(reason)

@@ -81,7 +81,10 @@ class Replying(SessionCore):
             self._send_error(code, safe_message(code, stage), reply.turn_id, stage)
             if self.recorder is not None:
                 self.recorder.turn_finished(reply.turn_id, TurnState.FAILED, {"error": code})
-            await self._apologise(reply)
+            try:
+                await self._apologise(reply)
+            except Exception as exc:  # never leave the session holding a dead reply
+                log.error("the apology failed", error=repr(exc), exc_info=exc)
             self.history.add_assistant(reply.playout.heard_text())
         else:
             self.history.add_assistant(reply.raw_text() or reply.full_text())
