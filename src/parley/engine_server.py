@@ -41,6 +41,7 @@ from parley.engines.base import (
     LanguageModel,
     SpeechToText,
     TextToSpeech,
+    first_item,
 )
 from parley.telemetry import get_logger
 
@@ -399,9 +400,7 @@ async def _warm_up(engines: ServedEngines) -> None:
         async for _ in engines.tts.synthesize("Hello."):
             pass
     if engines.llm is not None:
-        stream = engines.llm.stream_chat([ChatMessage("user", "Hi")])
-        await _first(stream)
-        await _close(stream)
+        await first_item(engines.llm.stream_chat([ChatMessage("user", "Hi")]))
 
 
 async def run_engine_server(

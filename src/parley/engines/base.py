@@ -7,9 +7,24 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+
+T = TypeVar("T")
+
+
+async def first_item(stream: AsyncIterator[T]) -> T | None:
+    """The first item of an engine's stream (None if it is empty), then the stream closed
+    at once — not when collected: an embedded model's lane stays busy until then."""
+    try:
+        async for item in stream:
+            return item
+        return None
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class EngineError(RuntimeError):

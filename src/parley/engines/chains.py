@@ -17,7 +17,7 @@ from parley.engine_settings import (
     STTSettings,
     TTSSettings,
 )
-from parley.engines.base import LanguageModel, SpeechToText, TextToSpeech
+from parley.engines.base import LanguageModel, SpeechToText, TextToSpeech, first_item
 from parley.engines.breaker import CircuitBreaker
 from parley.engines.fallback import FallbackSTT, Provider, ProviderChain
 from parley.engines.fallback_llm import FallbackLLM
@@ -118,11 +118,7 @@ def _probe_of(kind: str, engine: Any) -> Callable[[], Awaitable[None]]:
             if kind == "llm"
             else engine.synthesize("Hi.")
         )
-        try:
-            async for _ in stream:
-                break
-        finally:
-            await stream.aclose()
+        await first_item(stream)
 
     return probe
 

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from parley.config import LLMSettings
-from parley.engines.base import ChatMessage
+from parley.engines.base import ChatMessage, first_item
 from parley.engines.completion import JSONCompletion
 from parley.engines.provider_errors import (
     ProviderError,
@@ -76,12 +76,7 @@ class OpenAICompatibleLLM:
 
     async def probe(self) -> None:
         """The breaker's tiny request: one token of a real completion."""
-        stream = self.stream_chat([ChatMessage("user", "Hi")], probe=True)
-        try:
-            async for _ in stream:
-                break
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+        await first_item(self.stream_chat([ChatMessage("user", "Hi")], probe=True))
 
     async def complete_json(
         self, messages: Sequence[ChatMessage], schema: dict[str, Any]

@@ -94,13 +94,12 @@ async def warm_up(engines: Engines) -> None:
     call pays the cost instead, and ``/ready`` says whether the engine answers."""
     import numpy as np
 
-    from parley.engines.base import ChatMessage
+    from parley.engines.base import ChatMessage, first_item
 
     silence = np.zeros(16_000, dtype=np.float32)
 
     async def first_token(llm: Any) -> None:
-        async for _ in llm.stream_chat([ChatMessage("user", "Hi")]):
-            break
+        await first_item(llm.stream_chat([ChatMessage("user", "Hi")]))
 
     async def whole(tts: Any) -> None:
         async for _ in tts.synthesize("Hello."):

@@ -12,6 +12,7 @@ import soxr
 
 from parley.audio.pcm import SAMPLE_RATE
 from parley.engine_settings import TTSProviderSettings
+from parley.engines.base import first_item
 from parley.engines.provider_errors import ProviderError, http_failure, transport_failure
 from parley.engines.provider_http import PROBE_HEADERS, provider_client
 
@@ -65,12 +66,7 @@ class OpenAICompatibleTTS:
 
     async def probe(self) -> None:
         """The breaker's tiny request: one short word, its first audio."""
-        stream = self.synthesize("Hi.", probe=True)
-        try:
-            async for _ in stream:
-                break
-        finally:
-            await stream.aclose()  # type: ignore[attr-defined]
+        await first_item(self.synthesize("Hi.", probe=True))
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -41,6 +41,7 @@ from parley.engines import (
     TextToSpeech,
     VoiceActivityDetector,
 )
+from parley.engines.base import first_item
 from parley.engines.fallback import AllProvidersFailed, ProviderChain, provider_chains
 from parley.engines.provider_errors import ProviderError
 from parley.store import Store
@@ -274,15 +275,7 @@ async def _probe_llm(llm: LanguageModel, timeout_secs: float) -> None:
         # money) at every probe.
         await reachable(timeout_secs)
         return
-    stream = llm.stream_chat([ChatMessage("user", "Hi")])
-    try:
-        async for _ in stream:
-            break  # one token is an answer
-    finally:
-        # Closed now, not when collected: the embedded model's lane stays busy until then.
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+    await first_item(llm.stream_chat([ChatMessage("user", "Hi")]))  # one token is an answer
 
 
 async def _probe_tts(tts: TextToSpeech) -> None:
