@@ -11,12 +11,12 @@ STAMP  := $(VENV)/.installed
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-fast bench bench-turns bench-webrtc bench-chaos lint install system-deps postgres clean
+.PHONY: run test test-fast bench bench-turns bench-webrtc bench-chaos lint install system-deps postgres redis clean
 
 run: install
 	$(BIN)/parley serve
 
-test: install system-deps postgres
+test: install system-deps postgres redis
 	$(BIN)/python -m pytest -q
 
 # Unit tests only: no server process, no models, no espeak-ng, no PostgreSQL (the
@@ -69,6 +69,10 @@ system-deps:
 # The store's tests run against PostgreSQL on 127.0.0.1:5432 as well as SQLite.
 postgres:
 	@scripts/ensure-postgres.sh
+
+# Supervision across processes (handoff) is tested over Redis on 127.0.0.1:6379.
+redis:
+	@scripts/ensure-redis.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

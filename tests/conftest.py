@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TOKEN_SECRET = "e2e-secret-0123456789abcdef0123456789abcdef"
 ADMIN_KEY = "e2e-admin-key-0123456789abcdef"
+SUPERVISOR_KEY = "supervisor-key-for-tests-0123456789"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+"""`make test` starts Redis here when none answers (scripts/ensure-redis.sh)."""
 
 # What marks a test `models` (it loads an embedded model, starts a server on them or makes
 # caller speech with espeak-ng) or `postgres`, so that `make test-fast` needs neither.
@@ -82,6 +85,10 @@ def server() -> Iterator[ServerProcess]:
             # The suite creates hundreds of sessions from one address (the API fuzz test
             # one per example): no creation rate limit here (test_exposure_api tests it).
             "PARLEY_SERVER__SESSION_CREATE_RATE": "0",
+            # Supervision across processes: a console in another process (the test's own,
+            # test_e2e_handoff_processes) sees and takes over this server's sessions.
+            "PARLEY_HANDOFF__REDIS_URL": REDIS_URL,
+            "PARLEY_HANDOFF__SUPERVISOR_KEY": SUPERVISOR_KEY,
         },
         ARTIFACTS / "server.log",
         cwd=ROOT,

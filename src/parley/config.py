@@ -302,12 +302,50 @@ class TwilioSettings(BaseModel):
     """Lifetime of the token Twilio hands back in the media stream's ``start``."""
     api_base_url: str | None = None
     """Twilio's REST API root (tests point it at a local server); unset: Twilio's own."""
+    transfer_number: str | None = Field(default=None, pattern=r"^\+?[0-9*#]{3,20}$")
+    """A phone call handed to a person is transferred here (``<Dial>`` through the REST
+    API: a warm transfer); unset: a phone handoff waits for a supervisor like any other."""
 
 
 class TelephonySettings(BaseModel):
     twilio: TwilioSettings = TwilioSettings()
     dtmf_handoff_digit: str | None = Field(default="0", pattern=r"^[0-9*#]$")
     """A key the caller presses to ask for a person (a handoff request); None: none."""
+
+
+class HandoffSettings(BaseModel):
+    """Handing a conversation to a person (see docs/handoff.md)."""
+
+    request_phrases: list[str] = Field(
+        default_factory=lambda: [
+            r"\b(talk|speak|connect me|put me through)\b.{0,24}\b(person|human|someone|agent|"
+            r"representative|operator|colleague|manager)\b",
+            r"\b(a|real|live) (person|human)\b",
+        ]
+    )
+    """Regular expressions (case-insensitive) over the caller's turn: a match asks for a
+    person, whatever the LLM makes of it (the envelope's ``escalate`` asks too)."""
+    after_failed_turns: int | None = Field(default=2, ge=1)
+    """This many failed turns in a row ask for a person; None: never."""
+    after_repeats: int | None = Field(default=2, ge=1)
+    """This many turns in a row where the caller repeats or corrects themselves ask for a
+    person; None: never."""
+    repeat_similarity: float = Field(default=0.8, gt=0.0, le=1.0)
+    """How alike (0–1, by characters) two turns must be for the second to be a repeat."""
+    transfer_line: str = Field(default="Connecting you to a colleague now.", max_length=300)
+    """What the agent says before a phone call is transferred to a person."""
+    webhook_url: str | None = None
+    """Where a handoff posts the transcript and a summary (signed with ``webhook_secret``:
+    ``X-Parley-Signature: sha256=<hex HMAC of the body>``)."""
+    webhook_secret: SecretStr | None = None
+    """The HMAC-SHA256 key of the handoff webhook (``PARLEY_HANDOFF__WEBHOOK_SECRET``)."""
+    webhook_timeout_secs: float = Field(default=5.0, gt=0, le=60)
+    supervisor_key: SecretStr | None = None
+    """Mints supervisor-console tokens (``POST /v1/supervisor/tokens``); unset: the admin
+    key (``telemetry.admin_key``) does."""
+    redis_url: str | None = None
+    """Redis for supervision across processes (live sessions, events, take-over, audio):
+    ``redis://127.0.0.1:6379/0``. Unset: a supervisor sees this process's sessions only."""
 
 
 class Settings(BaseSettings):
@@ -330,6 +368,7 @@ class Settings(BaseSettings):
     playout: PlayoutSettings = PlayoutSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     telephony: TelephonySettings = TelephonySettings()
+    handoff: HandoffSettings = HandoffSettings()
     tools: list[WebhookToolSettings] = Field(default_factory=list)
     """Webhook tools (``[[tools]]`` tables in the agent file)."""
     log_level: str = "INFO"

@@ -38,6 +38,9 @@ class ActionEnvelope(BaseModel):
     confirmation_request: str | None = None
     escalate: bool = False
     escalation_reason: str | None = None
+    end_call: bool = False
+    """The agent ends the conversation once this reply is spoken (a phone call is hung up
+    through the carrier's API)."""
 
 
 SPOKEN_MAX_CHARS = 400
@@ -201,6 +204,8 @@ def _speech_only(data: dict[str, Any], envelope: ActionEnvelope) -> ActionEnvelo
         acting.append("confirmation_request")
     if envelope.escalate:
         acting.append("escalate")
+    if envelope.end_call:
+        acting.append("end_call")
     if acting:
         raise CutOffError(
             f"output cut off before the model finished it, with {', '.join(acting)}: not acted on"

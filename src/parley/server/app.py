@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from parley import __version__
@@ -31,6 +32,7 @@ from parley.server.readiness import ReadinessProbe
 from parley.server.readiness import router as readiness_router
 from parley.server.sessions_api import router as sessions_router
 from parley.server.sessions_api import server_full_response
+from parley.server.supervisor_api import router as supervisor_router
 from parley.server.telephony_api import router as telephony_router
 from parley.server.tokens import TokenIssuer
 from parley.server.turns_api import router as turns_router
@@ -38,6 +40,8 @@ from parley.server.webrtc_api import router as webrtc_router
 from parley.store import Database, Store
 from parley.telemetry import Redactor, get_logger
 from parley.transports.admission import Admission, ServerFull
+from parley.transports.supervision import SupervisionHub
+from parley.transports.supervision_bus import RedisSupervisionBus
 from parley.transports.twilio_media import router as twilio_media_router
 from parley.transports.websocket import router as websocket_router
 from parley.voice.phrases import CannedPhrases
@@ -102,10 +106,21 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             if app.state.orchestrator is not None and len(tools)
             else None
         )
+        bus = None
+        if settings.handoff.redis_url:
+            # Supervision across processes: a console here sees and takes over sessions
+            # living on the other processes that share this Redis.
+            hub = app.state.supervision
+            bus = await RedisSupervisionBus.connect(settings.handoff.redis_url, hub)
         try:
             yield
         finally:
             retention.cancel()
+            for listener in list(app.state.listen_peers.values()):
+                await listener.close()
+            if bus is not None:
+                await bus.close()
+            await app.state.supervision.close()
             # WebRTC peers are not HTTP connections the server waits for: close them so
             # clients see their data channel close at once and reconnect elsewhere.
             for peer in list(app.state.webrtc_peers.values()):
@@ -120,6 +135,8 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.state.settings = settings
     app.state.sessions = {}
     app.state.webrtc_peers = {}
+    app.state.listen_peers = {}
+    app.state.supervision = SupervisionHub()
     app.state.admission = Admission(app.state, settings.server)
     app.state.creation_limiter = CreationRateLimiter(
         settings.server.session_create_rate, settings.server.session_create_burst
@@ -141,6 +158,11 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.include_router(metrics_router)
     app.include_router(admin_router)
     app.include_router(inspection_router)
+    app.include_router(supervisor_router)
+
+    @app.get("/supervisor", include_in_schema=False)
+    async def supervisor_console() -> FileResponse:
+        return FileResponse(WEB_ROOT / "supervisor.html")
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

@@ -48,13 +48,13 @@ def apply_control(session: VoiceSession, text: str, max_bytes: int) -> Literal["
     elif kind == "ping":
         sink.send_event(event("pong", id=msg.get("id")))
     elif kind == "handoff":
-        # A person is asked for: recorded on the session's timeline for the operator's
-        # side to pick up; the agent keeps talking until someone takes over.
-        reason = str(msg.get("reason") or "")[:200]
-        if session.recorder is not None:
-            session.recorder.event("handoff.requested", None, {"reason": reason})
-        log.info("handoff requested")
-        sink.send_event(event("handoff.requested", session_id=session.session_id, reason=reason))
+        # A person is asked for: supervisors see it flagged (a phone line with a transfer
+        # number transfers the call); the agent keeps talking until someone takes over.
+        reason = str(msg.get("reason") or "the caller asked for a person")[:200]
+        if not session.request_handoff(reason, by="caller"):
+            sink.send_event(
+                event("handoff.pending", session_id=session.session_id, state=session.handoff_state)
+            )
     elif kind == "end":
         sink.send_event(event("session.ended", session_id=session.session_id))
         return "end"

@@ -25,6 +25,7 @@ from parley.transports.session_limits import (
     SessionLimits,
     session_deadline,
 )
+from parley.transports.supervision import SupervisedSession, SupervisionHub
 from parley.voice.events import Event, SessionSink, event
 from parley.voice.recording import SessionRecorder
 from parley.voice.session import VoiceSession
@@ -64,12 +65,22 @@ class ObservedSink:
     def __init__(self, sink: SessionSink, observer: ObserverGroup) -> None:
         self._sink = sink
         self.observer = observer
+        self.tap: SupervisedSession | None = None
+        """Supervisors' view of the session (events, the agent's audio), once attached."""
 
     def send_event(self, event: Event) -> None:
         self.observer.event(event)
         self._sink.send_event(event)
+        if self.tap is not None:
+            self.tap.event(event)
 
     def send_audio(self, pcm: bytes) -> None:
+        self._sink.send_audio(pcm)
+        if self.tap is not None:
+            self.tap.agent_audio(pcm)
+
+    def send_human_audio(self, pcm: bytes) -> None:
+        """A supervisor's voice to the caller (not echoed back to those listening in)."""
         self._sink.send_audio(pcm)
 
     def clear_audio(self) -> None:
@@ -107,6 +118,7 @@ class LiveSession:
         self._expiry: asyncio.Future[None] | None = None
         self._ends_session = False
         self._reason = "disconnected"
+        self.supervised: SupervisedSession | None = None
         observer.opened()
 
     def watch_limits(self, deadline: float) -> None:
@@ -159,6 +171,9 @@ class LiveSession:
 
     async def _close(self) -> None:
         self.app.state.sessions.pop(id(self.session), None)
+        hub: SupervisionHub | None = getattr(self.app.state, "supervision", None)
+        if hub is not None and self.supervised is not None:
+            hub.detach(self.supervised)
         try:
             await self.session.close(ended_by_caller=self._reason == "client_ended")
             if self._ends_session:
@@ -249,6 +264,10 @@ async def open_voice_session(
                     log.error("closing the replaced session failed", error=repr(exc), exc_info=exc)
             session, deadline, observer = await _new_session(app, session_id, sink, transport)
             live = LiveSession(app, session, on_taken_over, observer)
+            hub: SupervisionHub | None = getattr(app.state, "supervision", None)
+            if hub is not None and isinstance(session.sink, ObservedSink):
+                live.supervised = hub.attach(session, transport)
+                session.sink.tap = live.supervised
             if session.recorder is not None:
                 session.recorder.event("transport.connected", None, {"transport": transport})
             slot.live = live

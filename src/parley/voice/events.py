@@ -7,6 +7,9 @@ from typing import Any, Literal, Protocol
 
 AgentState = Literal["listening", "thinking", "speaking"]
 
+HandoffState = Literal["agent", "requested", "human"]
+"""Who answers the caller: the agent; the agent while a person is asked for; a person."""
+
 Event = dict[str, Any]
 
 

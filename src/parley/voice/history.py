@@ -30,6 +30,12 @@ class ConversationHistory:
         if text.strip():
             self._messages.append(ChatMessage("assistant", text))
 
+    def add_human(self, text: str, label: str = "a human colleague") -> None:
+        """What a person who took over said to the caller: the agent's side of the
+        conversation, marked as a person's words (the agent must not claim them)."""
+        if text.strip():
+            self._messages.append(ChatMessage("assistant", f"[{label} said:] {text}"))
+
     def prompt(self, pending_user: str | None = None) -> list[ChatMessage]:
         """Messages for the next reply; ``pending_user`` is a turn not yet committed."""
         messages = list(self._messages)

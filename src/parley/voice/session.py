@@ -13,6 +13,7 @@ state they share. This module is the transport's side: start, audio in, controls
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from parley.engines.fallback import failover_listener
@@ -22,6 +23,7 @@ from parley.voice.acting import Acting
 from parley.voice.audio_rate import InboundAudioBudget
 from parley.voice.barge_in import BargeIn
 from parley.voice.events import Event, event
+from parley.voice.handoff import Handoff
 from parley.voice.listening import Listening
 from parley.voice.replying import Replying
 from parley.voice.response import Reply
@@ -58,8 +60,10 @@ class AudioTooFast(SessionOverloaded):
         self.persistent = persistent
 
 
-class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting):
+class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting, Handoff):
     _audio_budget: InboundAudioBudget | None = None
+    caller_audio_tap: Callable[[bytes], None] | None = None
+    """Sees the caller's audio as it is admitted (a supervisor listening in)."""
 
     def restore(self, messages: list[tuple[str, str]], last_turn_id: int) -> None:
         """Resume a conversation from the server's record (a reconnect): its history, and
@@ -129,6 +133,8 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting):
                 first=verdict.first_drop,
                 persistent=verdict.persistent,
             )
+        if self.caller_audio_tap is not None:
+            self.caller_audio_tap(pcm)
         try:
             self._inbound.put_nowait(pcm)
         except asyncio.QueueFull as exc:
@@ -160,6 +166,7 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting):
             state=self.state,
             muted=self._muted,
             turns=self._turn_count,
+            handoff=self.handoff_state,
             history=[{"role": m.role, "content": m.content} for m in self.history.messages],
         )
 

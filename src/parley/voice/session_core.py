@@ -21,7 +21,7 @@ from parley.engines import Engines
 from parley.orchestration.agent_actions import AgentActions
 from parley.telemetry import get_logger
 from parley.voice.echo import EchoReference
-from parley.voice.events import AgentState, SessionSink, event
+from parley.voice.events import AgentState, HandoffState, SessionSink, event
 from parley.voice.history import ConversationHistory
 from parley.voice.phrases import CannedPhrases
 from parley.voice.recording import SessionRecorder
@@ -33,6 +33,8 @@ log = get_logger(__name__)
 
 
 class SessionCore:
+    handoff_state: HandoffState = "agent"
+    """Who answers the caller (see ``voice/handoff.py``)."""
     phrases: CannedPhrases = CannedPhrases()
     """The filler and apology, synthesized at start-up (the server sets them; none here)."""
 
@@ -176,4 +178,19 @@ class SessionCore:
         raise NotImplementedError
 
     def _act(self, reply: Reply) -> Coroutine[Any, Any, None]:
+        raise NotImplementedError
+
+    def request_handoff(self, reason: str, by: str = "caller") -> bool:
+        raise NotImplementedError
+
+    def _turn_for_person(self, turn: UserTurn, text: str) -> bool:
+        raise NotImplementedError
+
+    def _check_handoff_triggers(self, text: str) -> None:
+        raise NotImplementedError
+
+    def _note_turn_outcome(self, failed: bool) -> None:
+        raise NotImplementedError
+
+    def _end_call(self) -> None:
         raise NotImplementedError

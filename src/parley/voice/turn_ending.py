@@ -83,7 +83,7 @@ class TurnEnding(SessionCore):
         if self._turn is not turn or not text:
             return
         self._text_score(turn, text)
-        if not self.settings.turn.preemptive_generation:
+        if not self.settings.turn.preemptive_generation or self.handoff_state == "human":
             return
         if self._reply is not None:
             if self._reply.turn_id == turn.turn_id and self._reply.user_text == text:
@@ -131,6 +131,8 @@ class TurnEnding(SessionCore):
                     "segments": len(turn.texts),
                 },
             )
+        if self._turn_for_person(turn, text):
+            return
         reply = self._reply
         if reply is None or reply.turn_id != turn.turn_id or reply.user_text != text:
             if reply is not None:
@@ -143,6 +145,7 @@ class TurnEnding(SessionCore):
         if self.actions is not None:
             # Only now: a draft (an unconfirmed reply) never acts.
             self._spawn(self._act(reply))
+        self._check_handoff_triggers(text)
 
     def _record_turn(self, turn: UserTurn) -> None:
         """Store a turn the user finished (or, at close, began): the turn, then its final

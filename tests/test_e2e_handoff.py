@@ -1,0 +1,289 @@
+"""Human handoff over the real transports of one process: a caller on the WebSocket, a
+supervisor console on its WebSocket, the supervisor listening and speaking over a real
+aiortc WebRTC connection. Engines are doubles (what is said is set by the test), so the
+console's protocol, the take-over and the audio paths are what is under test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
+
+from conftest import SUPERVISOR_KEY
+from inprocess_server import SECRET, InProcessServer, LoudnessVAD, SureEOU, ToneTTS, serve_app
+from parley.client import CallClient
+from parley.config import Settings
+from parley.engines import ChatMessage, Engines
+from parley.server import create_app
+from test_handoff import SaidSTT
+
+pytestmark = pytest.mark.e2e
+
+
+class PromptedLLM:
+    def __init__(self) -> None:
+        self.prompts: list[list[ChatMessage]] = []
+
+    async def stream_chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:
+        self.prompts.append(list(messages))
+        yield "Happy to help."
+
+    async def prefill(self, messages: Sequence[ChatMessage]) -> None:
+        return None
+
+
+def speech(secs: float = 1.0, period: float = 5.0) -> np.ndarray:
+    """A loud tone (speech for the loudness VAD), then a second of silence."""
+    n = int(secs * 16_000)
+    tone = (np.sin(np.arange(n) / period) * 20_000).astype("<i2")
+    return np.concatenate([tone, np.zeros(16_000, "<i2")])
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[InProcessServer, SaidSTT, PromptedLLM]]:
+    stt, llm = SaidSTT("hello"), PromptedLLM()
+    settings = Settings(
+        server={"database_url": f"sqlite:///{tmp_path / 'parley.db'}", "token_secret": SECRET},
+        turn={"preemptive_generation": False},
+        agent={"greeting": ""},
+        handoff={"supervisor_key": SUPERVISOR_KEY},
+    )
+    engines = Engines(stt=stt, llm=llm, tts=ToneTTS(), vad=LoudnessVAD(), eou=SureEOU())
+    async for server in serve_app(create_app(settings, engines=engines)):  # type: ignore[arg-type]
+        yield server, stt, llm
+
+
+async def console_token(server: InProcessServer, name: str = "Maria") -> str:
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        minted = await http.post(
+            "/v1/supervisor/tokens",
+            json={"name": name},
+            headers={"Authorization": f"Bearer {SUPERVISOR_KEY}"},
+        )
+    assert minted.status_code == 201, minted.text
+    return str(minted.json()["token"])
+
+
+class Console:
+    """A supervisor console's WebSocket, as the page opens it."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url, self.token = url, token
+        self.messages: list[dict[str, Any]] = []
+        self.changed = asyncio.Event()
+
+    async def __aenter__(self) -> Console:
+        self.ws = await connect(
+            self.url,
+            subprotocols=[Subprotocol("parley"), Subprotocol(f"parley.token.{self.token}")],
+        )
+        self.reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.reader.cancel()
+        await self.ws.close()
+
+    async def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            async for text in self.ws:
+                self.messages.append(json.loads(text))
+                self.changed.set()
+
+    async def send(self, **message: Any) -> None:
+        await self.ws.send(json.dumps(message))
+
+    async def wait(self, match: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> Any:
+        async with asyncio.timeout(timeout):
+            while True:
+                for message in self.messages:
+                    if match(message):
+                        return message
+                self.changed.clear()
+                await self.changed.wait()
+
+
+class ToneMicrophone(MediaStreamTrack):
+    """The supervisor's microphone: a steady tone (speech for the caller to hear)."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pts = 0
+        self._start: float | None = None
+
+    async def recv(self) -> Any:
+        from parley.transports.webrtc.tracks import pcm_frame
+
+        loop = asyncio.get_running_loop()
+        self._start = self._start or loop.time()
+        self._pts += 320
+        await asyncio.sleep(max(0.0, self._start + self._pts / 16_000 - loop.time()))
+        tone = (np.sin((np.arange(320) + self._pts) / 7) * 12_000).astype("<i2")
+        frame = pcm_frame(tone.tobytes(), self._pts, 16_000)
+        frame.time_base = fractions.Fraction(1, 16_000)
+        return frame
+
+
+async def listen(server: InProcessServer, token: str, session_id: str) -> tuple[Any, list[float]]:
+    """A supervisor's WebRTC connection to the session: the levels it hears, per frame."""
+    pc = RTCPeerConnection()
+    pc.addTrack(ToneMicrophone())
+    levels: list[float] = []
+
+    async def hear(track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            samples = frame.to_ndarray().astype(np.float32) / 32768
+            levels.append(float(np.sqrt(np.mean(samples * samples))))
+
+    pc.on("track", lambda track: asyncio.ensure_future(hear(track)))
+    await pc.setLocalDescription(await pc.createOffer())
+    async with httpx.AsyncClient(base_url=server.http, timeout=20) as http:
+        answered = await http.post(
+            f"/v1/supervisor/sessions/{session_id}/webrtc",
+            json={"sdp": pc.localDescription.sdp, "type": "offer"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert answered.status_code == 200, answered.text
+    await pc.setRemoteDescription(RTCSessionDescription(**answered.json()))
+    return pc, levels
+
+
+def loud_audio_after(call: CallClient, at: float) -> int:
+    return sum(1 for a in call.audio if a.at >= at and a.level_dbfs() > -30)
+
+
+async def test_a_supervisor_sees_the_request_takes_over_speaks_and_hands_back(served: Any) -> None:
+    server, stt, llm = served
+    token = await console_token(server)
+    console_url = f"ws://127.0.0.1:{server.port}/v1/supervisor/ws"
+    async with Console(console_url, token) as console, CallClient(server.ws_url) as call:
+        session_id = call.session["session_id"]  # type: ignore[index]
+        await console.wait(
+            lambda m: (
+                m["type"] == "sessions"
+                and any(s["session_id"] == session_id for s in m["sessions"])
+            )
+        )
+        stt.text = "I want to talk to a person."
+        call.say(speech())
+        flagged = await console.wait(lambda m: m["type"] == "handoff.requested")
+        assert flagged["session_id"] == session_id and flagged["by"] == "caller"
+        assert {"role": "caller", "text": "I want to talk to a person."} in [
+            {k: line[k] for k in ("role", "text")} for line in flagged["transcript"]
+        ]
+        await call.wait_for("handoff.requested")
+        await call.wait_for("agent.state", lambda e: e["state"] == "listening", after=0)
+
+        await console.send(type="watch", session_id=session_id)
+        shown = await console.wait(lambda m: m["type"] == "transcript")
+        assert any(line["text"] == "I want to talk to a person." for line in shown["lines"])
+
+        pc, heard = await listen(server, token, session_id)
+        try:
+            # Listening only: the supervisor's microphone does not reach the caller yet.
+            await asyncio.sleep(1.5)
+            loop = asyncio.get_running_loop()
+            assert loud_audio_after(call, loop.time() - 1.0) == 0
+            # The caller speaks: the supervisor hears it.
+            before = len(heard)
+            stt.text = "Are you still there?"
+            call.say(speech())
+            await asyncio.sleep(1.5)
+            assert max(heard[before:], default=0.0) > 0.05
+
+            await console.send(type="take_over", session_id=session_id, id="t1")
+            result = await console.wait(lambda m: m["type"] == "result" and m["id"] == "t1")
+            assert result["ok"] is True
+            _, accepted = await call.wait_for("handoff.accepted")
+            assert accepted["by"] == "supervisor:Maria"
+            taken_at = loop.time()
+            # Now the supervisor's voice reaches the caller; the agent says nothing.
+            stt.text = "Hello, this is Maria. Your order ships tomorrow."
+            await asyncio.sleep(2.0)
+            assert loud_audio_after(call, taken_at) > 25  # > 0.5 s of the supervisor
+            replies = len(llm.prompts)
+            call.say(speech())
+            await call.wait_for("turn.ended", after=taken_at)
+            await asyncio.sleep(0.5)
+            assert len(llm.prompts) == replies
+        finally:
+            await pc.close()
+        # Stopping the microphone ends the supervisor's utterance: it is transcribed.
+        said = await console.wait(
+            lambda m: m["type"] == "session.event" and m["event"]["type"] == "human.text"
+        )
+        assert said["event"]["text"] == "Hello, this is Maria. Your order ships tomorrow."
+
+        await console.send(type="hand_back", session_id=session_id, id="h1")
+        result = await console.wait(lambda m: m["type"] == "result" and m["id"] == "h1")
+        assert result["ok"] is True
+        await call.wait_for("handoff.returned")
+        stt.text = "When does it arrive?"
+        back_at = asyncio.get_running_loop().time()
+        call.say(speech())
+        await call.wait_for("agent.text", after=back_at)
+        history = [m.content for m in llm.prompts[-1]]
+        assert "[a human colleague said:] Hello, this is Maria. Your order ships tomorrow." in (
+            history
+        )
+
+
+async def test_console_tokens_and_commands_are_checked(served: Any) -> None:
+    server, _, _ = served
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        wrong = await http.post(
+            "/v1/supervisor/tokens", headers={"Authorization": "Bearer not-the-key"}
+        )
+        assert wrong.status_code == 401
+        session = (await http.post("/v1/sessions", json={})).json()
+        # A caller's token is no console token, and a console token opens no session.
+        user = {"Authorization": f"Bearer {session['token']}"}
+        assert (await http.get("/v1/supervisor/sessions", headers=user)).status_code == 403
+        token = await console_token(server)
+        console = {"Authorization": f"Bearer {token}"}
+        listed = await http.get("/v1/supervisor/sessions", headers=console)
+        assert listed.status_code == 200 and listed.json() == {"sessions": []}
+        inspection = await http.get(
+            f"/v1/sessions/{session['session_id']}/inspection", headers=console
+        )
+        assert inspection.status_code == 403
+        offer = {"sdp": "v=0", "type": "offer"}
+        missing = await http.post(
+            "/v1/supervisor/sessions/nope/webrtc", json=offer, headers=console
+        )
+        assert missing.status_code == 404
+    url = f"ws://127.0.0.1:{server.port}/v1/supervisor/ws"
+    async with Console(url, session["token"]) as refused:
+        error = await refused.wait(lambda m: m["type"] == "error")
+        assert error["code"] == "unauthorized"
+    async with Console(url, token) as console_ws:
+        await console_ws.ws.send("{not json")
+        bad = await console_ws.wait(lambda m: m.get("code") == "invalid_json")
+        assert bad["type"] == "error"
+        await console_ws.send(type="take_over", session_id="nope", id="x")
+        result = await console_ws.wait(lambda m: m["type"] == "result")
+        assert result == {
+            "type": "result",
+            "id": "x",
+            "action": "take_over",
+            "ok": False,
+            "error": "no such live session",
+        }
