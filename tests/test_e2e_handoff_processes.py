@@ -40,13 +40,13 @@ async def test_a_console_on_one_process_takes_over_a_call_on_another(
         url = f"ws://127.0.0.1:{a.port}/v1/supervisor/ws"
         async with Console(url, token) as console, CallClient(server.ws_url) as call:
             session_id = call.session["session_id"]  # type: ignore[index]
-            listed = await console.wait(
-                lambda m: (
-                    m["type"] == "sessions"
-                    and any(s["session_id"] == session_id for s in m["sessions"])
-                ),
-                timeout=15,
-            )
+
+            def lists_it(m: dict[str, Any], sid: str = session_id) -> bool:
+                return m["type"] == "sessions" and any(
+                    s["session_id"] == sid for s in m["sessions"]
+                )
+
+            listed = await console.wait(lists_it, timeout=15)
             (summary,) = [s for s in listed["sessions"] if s["session_id"] == session_id]
             assert summary["process"] != here  # it lives on the other process
 
