@@ -244,6 +244,16 @@ async def test_a_supervisor_sees_the_request_takes_over_speaks_and_hands_back(se
         assert "[a human colleague said:] Hello, this is Maria. Your order ships tomorrow." in (
             history
         )
+    # Each step is counted, by who took it (never by name).
+    async with httpx.AsyncClient(base_url=server.http) as http:
+        metrics = (await http.get("/metrics")).text
+    for step, by in (
+        ("requested", "caller"),
+        ("accepted", "supervisor"),
+        ("returned", "supervisor"),
+    ):
+        line = f'parley_handoffs_total{{by="{by}",step="{step}",transport="websocket"}} 1.0'
+        assert line in metrics, step
 
 
 async def test_console_tokens_and_commands_are_checked(served: Any) -> None:
@@ -287,3 +297,24 @@ async def test_console_tokens_and_commands_are_checked(served: Any) -> None:
             "ok": False,
             "error": "no such live session",
         }
+
+
+async def test_the_agent_ending_the_call_ends_the_session_after_its_goodbye(served: Any) -> None:
+    """The transport's half of ``end_call`` (the envelope's half is the orchestration's):
+    once the goodbye was said, the client is told, the session ends, the socket closes."""
+    server, _, _ = served
+    async with CallClient(server.ws_url) as call:
+        await call.wait_for("session.started")
+        (session,) = server.app.state.sessions.values()
+        session._end_call()
+        _, ended = await call.wait_for("session.ended")
+        assert ended["by"] == "agent"
+        await asyncio.wait_for(call.closed.wait(), 5)
+        assert call.close_code == 1000
+        async with httpx.AsyncClient(base_url=server.http) as http:
+            token = call.session["token"]  # type: ignore[index]
+            record = await http.get(
+                f"/v1/sessions/{session.session_id}",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+        assert record.status_code == 401  # ended: its tokens are refused

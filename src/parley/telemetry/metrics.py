@@ -130,6 +130,13 @@ class VoiceMetrics:
             (*t, "stage"),
             registry=r,
         )
+        self.handoffs = Counter(
+            "parley_handoffs",
+            "Handoff steps (requested, accepted, returned), by who took them (caller, agent, "
+            "supervisor, phone_transfer).",
+            (*t, "step", "by"),
+            registry=r,
+        )
         self.tool_calls = Counter(
             "parley_tool_calls", "Tool calls by outcome.", ("tool", "status"), registry=r
         )
@@ -275,6 +282,10 @@ class MetricsObserver:
                 m.webrtc_jitter.observe(data["jitter_ms"] / 1000)
         elif stage == "provider.failover":
             m.failovers_seen.labels(self.transport, str(data.get("stage", "unknown"))).inc()
+        elif stage in ("handoff.requested", "handoff.accepted", "handoff.returned"):
+            # "supervisor:Maria" counts as "supervisor": names are no label values.
+            by = str(data.get("by", "unknown")).split(":", 1)[0]
+            m.handoffs.labels(self.transport, stage.removeprefix("handoff."), by).inc()
         elif stage == "tool.result":
             tool = str(data.get("tool", "unknown"))
             m.tool_calls.labels(tool, str(data.get("status", "unknown"))).inc()

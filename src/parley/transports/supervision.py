@@ -87,6 +87,11 @@ class SupervisedSession:
         self.handoff_reason = ""
         self.handoff_by = ""
         self._agent_turn: int | None = None
+        for message in session.history.messages:  # a resumed conversation's earlier turns
+            role = "caller" if message.role == "user" else "agent"
+            if message.content.startswith("[a human colleague said:]"):
+                role = "human"
+            self.transcript.append({"role": role, "text": message.content, "turn_id": None})
 
     @property
     def session_id(self) -> str:

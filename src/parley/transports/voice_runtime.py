@@ -32,6 +32,7 @@ from parley.voice.session import VoiceSession
 
 log = get_logger(__name__)
 
+CLOSE_NORMAL = 1000
 TAKEN_OVER_CODE = "session_taken_over"
 TAKEN_OVER_MESSAGE = "a newer connection took over this session; this one is closed"
 
@@ -134,6 +135,16 @@ class LiveSession:
             deaf=lambda: self.session.deaf,
         )
         self._limits = asyncio.create_task(limits.run(), name="session-limits")
+
+    def end_by_agent(self) -> None:
+        """The agent ended the conversation (envelope ``end_call``, after its goodbye):
+        the client is told, the session ends (its tokens with it) and the connection
+        closes normally."""
+        if self.closing or self.expired is not None:
+            return
+        session_id = self.session.session_id
+        self.session.sink.send_event(event("session.ended", session_id=session_id, by="agent"))
+        self._expire(SESSION_ENDED, CLOSE_NORMAL)
 
     def _expire(self, code: str, close_code: int) -> None:
         self.expired = (code, close_code)
@@ -264,6 +275,9 @@ async def open_voice_session(
                     log.error("closing the replaced session failed", error=repr(exc), exc_info=exc)
             session, deadline, observer = await _new_session(app, session_id, sink, transport)
             live = LiveSession(app, session, on_taken_over, observer)
+            # The agent's goodbye (envelope ``end_call``) ends the call; a phone line
+            # replaces this with a hang-up through its carrier.
+            session.on_end_call = live.end_by_agent
             hub: SupervisionHub | None = getattr(app.state, "supervision", None)
             if hub is not None and isinstance(session.sink, ObservedSink):
                 live.supervised = hub.attach(session, transport)
