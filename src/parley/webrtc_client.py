@@ -28,9 +28,9 @@ from parley.transports.webrtc.tracks import (
     OPUS_FRAME_SAMPLES,
     OPUS_RATE,
     OPUS_SILENCE,
-    InboundResampler,
     OpusRateFrames,
     pcm_frame,
+    pcm_from,
 )
 
 
@@ -116,15 +116,8 @@ class WebRTCCallClient(CallClient):
 
     async def _read_audio(self, track: MediaStreamTrack) -> None:
         loop = asyncio.get_running_loop()
-        resampler = InboundResampler()
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            pcm = resampler.convert(frame)
-            if pcm:
-                self.audio.append(ReceivedAudio(loop.time(), pcm))
+        async for pcm in pcm_from(track):
+            self.audio.append(ReceivedAudio(loop.time(), pcm))
 
     def _on_message(self, message: str | bytes) -> None:
         if isinstance(message, str):

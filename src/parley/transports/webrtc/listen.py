@@ -21,9 +21,9 @@ from parley.transports.webrtc.peer import ice_configuration
 from parley.transports.webrtc.tracks import (
     OPUS_FRAME_SAMPLES,
     OPUS_RATE,
-    InboundResampler,
     OpusRateFrames,
     pcm_frame,
+    pcm_from,
 )
 
 log = get_logger(__name__)
@@ -119,15 +119,8 @@ class ListenPeer:
             task.add_done_callback(self._tasks.discard)
 
     async def _pump_microphone(self, track: MediaStreamTrack) -> None:
-        resampler = InboundResampler()
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            pcm = resampler.convert(frame)
-            if pcm:
-                self.hub.human_audio(self.session_id, self.by, pcm)
+        async for pcm in pcm_from(track):
+            self.hub.human_audio(self.session_id, self.by, pcm)
 
     def _on_connection_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import av
@@ -114,6 +115,19 @@ class AgentAudioTrack(MediaStreamTrack):
             if delay > 0:
                 await asyncio.sleep(delay)
         return pcm_frame(self._frames.pop() or OPUS_SILENCE, self._pts, OPUS_RATE)
+
+
+async def pcm_from(track: MediaStreamTrack) -> AsyncIterator[bytes]:
+    """A remote audio track as PCM16LE mono 16 kHz chunks, until the track ends."""
+    resampler = InboundResampler()
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        pcm = resampler.convert(frame)
+        if pcm:
+            yield pcm
 
 
 class InboundResampler:
