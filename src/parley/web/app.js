@@ -31,6 +31,7 @@ const status = {
   reconnects: 0,
   restoredFromServer: false,
   agentState: "idle",
+  handoff: "agent", // who answers: "agent", "requested" (a person is asked for), "human"
   agentRms: 0,
   agentRmsMax: 0,
   latencies: [],
@@ -108,6 +109,21 @@ function onServerEvent(message) {
       break;
     case "agent.text":
       transcript.agentText(message.turn_id, message.text);
+      break;
+    case "handoff.requested":
+      status.handoff = "requested";
+      transcript.notice("Asking for a person…", "handoff-requested");
+      break;
+    case "handoff.accepted":
+      status.handoff = "human";
+      transcript.notice("A person has joined the conversation.", "handoff-accepted");
+      break;
+    case "handoff.returned":
+      status.handoff = "agent";
+      transcript.notice("The person has left; the agent answers again.", "handoff-returned");
+      break;
+    case "human.text":
+      transcript.humanText(message.turn_id, message.text);
       break;
     case "turn.interrupted":
       transcript.interrupted(message.turn_id, message.heard_text);

@@ -6,12 +6,14 @@ export class TranscriptView {
     this.list = list;
     this.userItems = new Map(); // turn id → <li>
     this.agentItems = new Map();
+    this.lastTurn = 0; // the latest turn seen: where a notice without a turn goes
   }
 
   clear() {
     this.list.replaceChildren();
     this.userItems.clear();
     this.agentItems.clear();
+    this.lastTurn = 0;
   }
 
   #item(map, turnId, who) {
@@ -25,16 +27,17 @@ export class TranscriptView {
       label.textContent = who === "user" ? "You" : "Agent";
       li.append(label);
       map.set(turnId, li);
-      this.#place(li, turnId, who);
+      this.#place(li, turnId);
     }
     return li;
   }
 
-  #place(li, turnId, who) {
-    // Keep turn order (the user's words before the agent's reply to them).
-    const rank = (el) => Number(el.dataset.turn) * 2 + (el.classList.contains("agent") ? 1 : 0);
-    const mine = turnId * 2 + (who === "agent" ? 1 : 0);
-    const after = [...this.list.children].find((el) => rank(el) > mine);
+  #place(li, turnId) {
+    // Keep turn order (the user's words before the agent's reply to them, and before
+    // a person's words or a notice in that turn; those in the order they came).
+    const rank = (el) => Number(el.dataset.turn) * 2 + (el.classList.contains("user") ? 0 : 1);
+    this.lastTurn = Math.max(this.lastTurn, turnId);
+    const after = [...this.list.children].find((el) => rank(el) > rank(li));
     this.list.insertBefore(li, after || null);
   }
 
@@ -82,6 +85,30 @@ export class TranscriptView {
     li.insertBefore(span, li.querySelector(".latency"));
   }
 
+  // What a person who took the conversation over said (transcribed on the server).
+  humanText(turnId, text) {
+    const li = document.createElement("li");
+    li.className = "human";
+    li.dataset.turn = String(turnId ?? this.lastTurn);
+    const label = document.createElement("span");
+    label.className = "who";
+    label.textContent = "Person";
+    const said = document.createElement("span");
+    said.className = "said";
+    said.textContent = `${text} `;
+    li.append(label, said);
+    this.#place(li, Number(li.dataset.turn));
+  }
+
+  // A line about the conversation itself (a person asked for, joining, leaving).
+  notice(text, kind) {
+    const li = document.createElement("li");
+    li.className = `notice ${kind}`;
+    li.dataset.turn = String(this.lastTurn);
+    li.textContent = text;
+    this.#place(li, this.lastTurn);
+  }
+
   latency(turnId, ms) {
     const li = this.#item(this.agentItems, turnId, "agent");
     let badge = li.querySelector(".latency");
@@ -114,6 +141,9 @@ export class TranscriptView {
         this.agentText(turn.seq, said);
         if (turn.state === "interrupted") this.interrupted(turn.seq, result.heard);
       }
+    }
+    for (const e of timeline.events || []) {
+      if (e.stage === "human.said" && e.data && e.data.text) this.humanText(e.turn ?? this.lastTurn, e.data.text);
     }
   }
 }

@@ -1,0 +1,119 @@
+// A supervisor listening in on one session over WebRTC: one audio track comes back (the
+// caller and the agent mixed); the supervisor's microphone goes out, and the server
+// forwards it to the caller only while this supervisor has taken the conversation over.
+
+import { HttpError, ServerUnreachable, TokenRejected } from "/api.js";
+
+const GATHER_TIMEOUT_MS = 3000;
+
+function iceGatheringDone(pc) {
+  // The server does not take trickled candidates: offer once gathering is complete
+  // (as the caller page's connection.js does).
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState === "complete") {
+        pc.removeEventListener("icegatheringstatechange", done);
+        resolve();
+      }
+    };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, GATHER_TIMEOUT_MS);
+  });
+}
+
+async function postOffer(sessionId, token, sdp) {
+  let response;
+  try {
+    response = await fetch(`/v1/supervisor/sessions/${encodeURIComponent(sessionId)}/webrtc`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+      body: JSON.stringify({ sdp, type: "offer" }),
+    });
+  } catch (err) {
+    throw new ServerUnreachable(`the Parley server cannot be reached (${err.message})`);
+  }
+  let payload = null;
+  try {
+    payload = await response.json();
+  } catch {
+    payload = null;
+  }
+  const detail = payload && typeof payload.detail === "string" ? payload.detail : `HTTP ${response.status}`;
+  if (response.status === 401) throw new TokenRejected(detail);
+  if (!response.ok) throw new HttpError(response.status, detail);
+  return payload;
+}
+
+export class ListenConnection extends EventTarget {
+  // Events: "track" (detail: the remote MediaStream), "state" (detail: a word), "dropped".
+  constructor(sessionId, { iceServers = [] } = {}) {
+    super();
+    this.sessionId = sessionId;
+    this.iceServers = iceServers;
+    this.pc = null;
+    this.closed = false;
+  }
+
+  async open(token, micStream) {
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers });
+    this.pc = pc;
+    const micTrack = micStream && micStream.getAudioTracks()[0];
+    if (micTrack) pc.addTransceiver(micTrack, { direction: "sendrecv", streams: [micStream] });
+    else pc.addTransceiver("audio", { direction: "recvonly" });
+    pc.addEventListener("track", (e) => {
+      this.dispatchEvent(new CustomEvent("track", { detail: e.streams[0] || new MediaStream([e.track]) }));
+    });
+    pc.addEventListener("connectionstatechange", () => {
+      const state = pc.connectionState;
+      this.dispatchEvent(new CustomEvent("state", { detail: state }));
+      if (!this.closed && ["failed", "closed"].includes(state)) {
+        this.closed = true;
+        this.dispatchEvent(new Event("dropped"));
+      }
+    });
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringDone(pc);
+    if (this.closed) return;
+    const answer = await postOffer(this.sessionId, token, pc.localDescription.sdp);
+    if (this.closed) return;
+    await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
+  }
+
+  close() {
+    this.closed = true;
+    if (this.pc) this.pc.close();
+  }
+}
+
+// The level of what the supervisor hears (RMS, full scale 1), sampled every 50 ms.
+export class LevelMeter {
+  constructor(onLevel) {
+    this.onLevel = onLevel;
+    this.context = null;
+    this.timer = null;
+  }
+
+  watch(stream) {
+    this.stop();
+    this.context = this.context || new AudioContext();
+    if (this.context.state === "suspended") this.context.resume().catch(() => {});
+    // Chrome feeds a remote track to WebAudio only while it also plays in a media element.
+    const source = this.context.createMediaStreamSource(stream);
+    const analyser = this.context.createAnalyser();
+    analyser.fftSize = 1024;
+    source.connect(analyser);
+    const samples = new Float32Array(analyser.fftSize);
+    this.timer = setInterval(() => {
+      analyser.getFloatTimeDomainData(samples);
+      let sum = 0;
+      for (const v of samples) sum += v * v;
+      this.onLevel(Math.sqrt(sum / samples.length));
+    }, 50);
+  }
+
+  stop() {
+    clearInterval(this.timer);
+    this.timer = null;
+  }
+}
