@@ -334,6 +334,11 @@ class HandoffSettings(BaseModel):
     """How alike (0–1, by characters) two turns must be for the second to be a repeat."""
     transfer_line: str = Field(default="Connecting you to a colleague now.", max_length=300)
     """What the agent says before a phone call is transferred to a person."""
+    transfer_failed_line: str = Field(
+        default="Sorry, I couldn't reach a colleague. I'm still here to help.", max_length=300
+    )
+    """What the agent says when the transfer failed; the call is then the agent's again
+    (the caller may ask again)."""
     webhook_url: str | None = None
     """Where a handoff posts the transcript and a summary (signed with ``webhook_secret``:
     ``X-Parley-Signature: sha256=<hex HMAC of the body>``)."""

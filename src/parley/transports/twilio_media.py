@@ -19,8 +19,11 @@ ends; a turn in progress is ``cancelled``); a bad ``start`` (no or a forged toke
 unknown session, another call's token, the wrong media format) is closed with 4401 /
 4403 / 4404 / 1003 before any session opens; a malformed message mid-call is logged and
 skipped (Twilio cannot be told), and many of them close the stream (1008), as does
-audio sent faster than real time. A phone call never resumes: however the stream ends
-(but a takeover or a server shutdown), its session ends and its tokens with it.
+audio sent faster than real time. The agent ending the call or transferring it to a
+person goes through Twilio's REST API (``twilio_call_control.py``); a hang-up that API
+cannot do closes the stream from here (``session_ended``). A phone call never resumes:
+however the stream ends (but a takeover or a server shutdown), its session ends and its
+tokens with it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from parley.telemetry import get_logger
 from parley.transports.admission import Admission, ServerFull
 from parley.transports.control import apply_control
 from parley.transports.session_limits import refusal
+from parley.transports.twilio_call_control import PhoneCallControl
 from parley.transports.twilio_wire import (
     Connected,
     Dtmf,
@@ -68,7 +72,12 @@ MAX_BAD_MESSAGES = 50
 MAX_MESSAGE_BYTES = 65_536
 CLOSE_BAD_START = 1003
 CLOSE_POLICY = 1008
-CLOSE_CODES = {"client_ended": 1000, "taken_over": 1000, "disconnected": 1000}
+CLOSE_CODES = {
+    "client_ended": 1000,
+    "taken_over": 1000,
+    "disconnected": 1000,
+    "session_ended": 1000,
+}
 """How the stream is closed, by why the call ended (else 1008: a policy close)."""
 RESUMABLE = ("taken_over", "server_shutdown")
 """Ends of a stream that leave its session open (another connection has it, or a server
@@ -91,6 +100,7 @@ class TwilioOutbound:
         self._pending: set[str] = set()
         self._cleared: set[str] = set()
         self._echoed: dict[str, float] = {}
+        self._waiters: dict[str, asyncio.Future[None]] = {}
 
     def _put(self, item: Item) -> None:
         if len(self._items) >= self._max:
@@ -122,6 +132,9 @@ class TwilioOutbound:
         return name
 
     def mark_echoed(self, name: str, at: float) -> None:
+        waiter = self._waiters.pop(name, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         if name in self._cleared:
             self._cleared.discard(name)
             return
@@ -131,6 +144,21 @@ class TwilioOutbound:
     def played_at(self, name: str) -> float | None:
         """When Twilio said the audio before mark ``name`` had been played (None: not yet)."""
         return self._echoed.get(name)
+
+    async def wait_heard(self, timeout: float) -> bool:
+        """Until the caller has heard everything queued so far (a mark after it came back,
+        or its audio was cleared); False when ``timeout`` passed first."""
+        name = self.mark()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters[name] = waiter
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters.pop(name, None)
+        return True
 
     async def get(self) -> Item:
         while not self._items:
@@ -153,6 +181,7 @@ async def twilio_media(websocket: WebSocket) -> None:
         return
     outbound = TwilioOutbound(app.state.settings.server.max_outbound_queue)
     hung_up = asyncio.Event()
+    agent_ended = asyncio.Event()  # the agent ended the call, and Twilio could not
     admission: Admission = app.state.admission
     try:
         with admission.opening(session_id):
@@ -162,6 +191,9 @@ async def twilio_media(websocket: WebSocket) -> None:
         await _close(websocket, CLOSE_POLICY, "server full")
         return
     live.on_expired = lambda code, close_code: hung_up.set()
+    settings = app.state.settings
+    control = PhoneCallControl(live.session, outbound, start.call_sid, settings, agent_ended.set)
+    control.install()
     log.info("phone call connected", call_sid=start.call_sid)
     sender = asyncio.create_task(_send_loop(websocket, outbound, start.stream_sid), name="tw-send")
     receiver: asyncio.Task[str] | None = None
@@ -170,17 +202,21 @@ async def twilio_media(websocket: WebSocket) -> None:
         await live.session.start()
         receiver = asyncio.create_task(_receive_loop(websocket, live, outbound), name="tw-receive")
         ended = asyncio.create_task(hung_up.wait(), name="tw-ended")
-        await asyncio.wait({sender, receiver, ended}, return_when=asyncio.FIRST_COMPLETED)
-        reason = _end_reason(live, receiver, sender)
+        by_agent = asyncio.create_task(agent_ended.wait(), name="tw-agent-ended")
+        await asyncio.wait({sender, receiver, ended, by_agent}, return_when=asyncio.FIRST_COMPLETED)
+        reason = "session_ended" if agent_ended.is_set() else _end_reason(live, receiver, sender)
         ended.cancel()
+        by_agent.cancel()
     except Exception as exc:
         log.error("phone call failed", error=repr(exc), exc_info=exc)
         reason = "error"
     finally:
         admission.left(session_id, dropped=False)  # a phone call does not come back
+        control.stop()
         if receiver is not None:
             receiver.cancel()
         await live.close(reason, ends_session=reason not in RESUMABLE)
+        control.close()  # after the session's close, which lets a transfer record its answer
         sender.cancel()
         with contextlib.suppress(BaseException):
             await sender

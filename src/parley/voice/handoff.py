@@ -118,6 +118,17 @@ class Handoff(SessionCore):
         self._prefill_next_turn()
         return True
 
+    def withdraw_handoff(self, by: str, reason: str) -> bool:
+        """A request nobody can take after all (a phone transfer that failed): the agent
+        has the conversation again, and a new request may be made. False unless one was
+        pending."""
+        if self.handoff_state != "requested":
+            return False
+        self.handoff_state = "agent"
+        self._handoff_event("handoff.returned", by=by, reason=reason)
+        log.info("handoff withdrawn", by=by, reason=reason)
+        return True
+
     def _handoff_event(self, kind: str, *, by: str, reason: str) -> None:
         data: dict[str, Any] = {"by": by, "reason": reason, "at": round(time.time(), 3)}
         self.sink.send_event(event(kind, session_id=self.session_id, **data))
