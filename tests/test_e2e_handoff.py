@@ -318,3 +318,89 @@ async def test_the_agent_ending_the_call_ends_the_session_after_its_goodbye(serv
                 headers={"Authorization": f"Bearer {token}"},
             )
         assert record.status_code == 401  # ended: its tokens are refused
+
+
+async def test_two_supervisors_of_one_name_are_two_people(served: Any) -> None:
+    """Who holds a call is told by their token, not by the name they typed; a colleague
+    takes a call over from a holder who left only on purpose (``force``)."""
+    server, _, _ = served
+    url = f"ws://127.0.0.1:{server.port}/v1/supervisor/ws"
+    first, second = await console_token(server), await console_token(server)
+    async with (
+        CallClient(server.ws_url) as call,
+        Console(url, first) as maria,
+        Console(url, second) as other_maria,
+    ):
+        await call.wait_for("session.started")
+        session_id = call.session["session_id"]  # type: ignore[index]
+        await maria.send(type="take_over", session_id=session_id, id="1")
+        assert (await maria.wait(lambda m: m.get("id") == "1"))["ok"] is True
+        await other_maria.send(type="take_over", session_id=session_id, id="2")
+        refused = await other_maria.wait(lambda m: m.get("id") == "2")
+        assert refused["ok"] is False and refused["error"] == "another supervisor has it"
+        await other_maria.send(type="hand_back", session_id=session_id, id="3")
+        assert (await other_maria.wait(lambda m: m.get("id") == "3"))["ok"] is False
+
+        # The other Maria's microphone does not reach the caller: the holder's would.
+        pc, _ = await listen(server, second, session_id)
+        try:
+            loop = asyncio.get_running_loop()
+            await asyncio.sleep(1.5)
+            assert loud_audio_after(call, loop.time() - 1.0) == 0
+            # Maria left without handing back: her colleague takes the call on purpose.
+            await other_maria.send(type="take_over", session_id=session_id, id="4", force=True)
+            assert (await other_maria.wait(lambda m: m.get("id") == "4"))["ok"] is True
+            taken = loop.time()
+            await asyncio.sleep(1.5)
+            assert loud_audio_after(call, taken) > 25
+        finally:
+            await pc.close()
+        await maria.send(type="hand_back", session_id=session_id, id="5")
+        assert (await maria.wait(lambda m: m.get("id") == "5"))["ok"] is False
+        await other_maria.send(type="hand_back", session_id=session_id, id="6")
+        assert (await other_maria.wait(lambda m: m.get("id") == "6"))["ok"] is True
+
+
+async def test_a_caller_who_reconnects_stays_with_the_person(served: Any) -> None:
+    """The connection drops while a person has the call, and the server notices before the
+    caller is back: the resumed session is still the person's, with their words."""
+    from test_handoff import supervisor_speech
+
+    server, stt, llm = served
+    token = await console_token(server)
+    url = f"ws://127.0.0.1:{server.port}/v1/supervisor/ws"
+    async with Console(url, token) as console:
+        async with CallClient(server.ws_url) as call:
+            await call.wait_for("session.started")
+            session = call.session
+            assert session is not None
+            await console.send(type="take_over", session_id=session["session_id"], id="t")
+            assert (await console.wait(lambda m: m.get("id") == "t"))["ok"] is True
+            (live,) = server.app.state.sessions.values()
+            stt.text = "Maria here, your order ships tomorrow."
+            for frame in supervisor_speech():  # as the holder's microphone would
+                live.human_audio(frame)
+            await call.wait_for("human.text")
+            await call.ws.close(4000)  # a drop, not an end (1000 would end the session)
+        await server.wait_until(lambda: server.voice_sessions == 0)
+        resumed_url = f"{server.ws_url}?token={session['token']}"
+        async with CallClient(resumed_url) as back:
+            _, started = await back.wait_for("session.started")
+            assert started["resumed"] is True
+            await back.send_json({"type": "status"})
+            _, status = await back.wait_for("session.status")
+            assert status["handoff"] == "human"
+            said = {
+                "role": "assistant",
+                "content": "[a human colleague said:] Maria here, your order ships tomorrow.",
+            }
+            assert said in status["history"]
+            stt.text = "Hello? Are you still there?"
+            replies = len(llm.prompts)
+            at = asyncio.get_running_loop().time()
+            back.say(speech())
+            await back.wait_for("turn.ended", after=at)
+            await asyncio.sleep(0.5)
+            assert len(llm.prompts) == replies  # the person still has the call
+            await console.send(type="hand_back", session_id=session["session_id"], id="h")
+            assert (await console.wait(lambda m: m.get("id") == "h"))["ok"] is True

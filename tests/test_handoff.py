@@ -76,7 +76,7 @@ async def test_a_caller_asking_for_a_person_is_flagged_and_still_answered() -> N
         await speak_one_turn(session)
         await wait_for(lambda: sink.of("handoff.requested") and sink.of("agent.text"))
         (request,) = sink.of("handoff.requested")
-        assert request["by"] == "caller" and "talk to a real person" in request["reason"]
+        assert request["by"] == "caller" and request["reason"] == "the caller asked for a person"
         assert session.handoff_state == "requested"
         # Asked twice: one request stands.
         assert session.request_handoff("again", by="caller") is False

@@ -348,7 +348,7 @@ class HandoffSettings(BaseModel):
     supervisor_key: SecretStr | None = None
     """Mints supervisor-console tokens (``POST /v1/supervisor/tokens``); unset: the admin
     key (``telemetry.admin_key``) does."""
-    redis_url: str | None = None
+    redis_url: SecretStr | None = None
     """Redis for supervision across processes (live sessions, events, take-over, audio):
     ``redis://127.0.0.1:6379/0``. Unset: a supervisor sees this process's sessions only."""
 

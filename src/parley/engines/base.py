@@ -47,6 +47,12 @@ class ChatMessage:
     content: str
 
 
+def person_message(text: str, label: str = "a human colleague") -> ChatMessage:
+    """What a person who took over a conversation said, as the model sees it: the agent's
+    side of the conversation, marked as a person's words (the agent must not claim them)."""
+    return ChatMessage("assistant", f"[{label} said:] {text}")
+
+
 @runtime_checkable
 class SpeechToText(Protocol):
     async def transcribe(self, audio: np.ndarray) -> Transcript:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from parley.engines import ChatMessage, EngineError
+from parley.engines.base import person_message
 from parley.engines.completion import JSONCompletion
 from parley.orchestration.envelope import (
     ActionEnvelope,
@@ -61,7 +62,12 @@ class Orchestrator:
 
     async def respond(self, history: Sequence[tuple[str, str]], text: str) -> ActionEnvelope:
         messages = [ChatMessage("system", self._system)]
-        messages += [ChatMessage("user" if r == "user" else "assistant", t) for r, t in history]
+        messages += [
+            person_message(t)
+            if r == "human"
+            else ChatMessage("user" if r == "user" else "assistant", t)
+            for r, t in history
+        ]
         messages.append(ChatMessage("user", text))
         reasons: list[str] = []
         for attempt in range(1, self._attempts + 1):

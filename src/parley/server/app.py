@@ -107,11 +107,12 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             else None
         )
         bus = None
-        if settings.handoff.redis_url:
+        if settings.handoff.redis_url is not None:
             # Supervision across processes: a console here sees and takes over sessions
             # living on the other processes that share this Redis.
             hub = app.state.supervision
-            bus = await RedisSupervisionBus.connect(settings.handoff.redis_url, hub)
+            url = settings.handoff.redis_url.get_secret_value()  # may hold a password
+            bus = await RedisSupervisionBus.connect(url, hub)
         try:
             yield
         finally:

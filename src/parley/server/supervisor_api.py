@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import re
@@ -22,7 +23,7 @@ from pydantic import BaseModel, Field
 from parley.server.sessions_api import AUTH_RESPONSES, _bearer
 from parley.server.tokens import ADMIN, ANY_SESSION, SessionToken, TokenError, TokenIssuer
 from parley.telemetry import get_logger
-from parley.transports.supervision import SupervisionHub
+from parley.transports.supervision import SupervisionHub, Supervisor
 from parley.transports.webrtc.listen import ListenPeer
 from parley.transports.websocket import SUBPROTOCOL, _subprotocol_token
 
@@ -92,8 +93,12 @@ def _hub(app: Any) -> SupervisionHub:
     return hub
 
 
-def _who(granted: SessionToken) -> str:
-    return granted.room_id if granted.role != ADMIN else "admin"
+def _who(granted: SessionToken) -> Supervisor:
+    """Named by the token's name (an admin token: ``admin``), told apart by the token:
+    two supervisors who typed one name, or two operators, are two people."""
+    by = granted.room_id if granted.role != ADMIN else "admin"
+    digest = hashlib.sha256(granted.token.encode()).hexdigest()[:16]
+    return Supervisor(by, f"{by}#{digest}")
 
 
 @router.get("/sessions", responses=AUTH_RESPONSES)
@@ -144,15 +149,15 @@ async def listen_offer(
         await peer.close()
         log.info("listen offer refused", error=repr(exc))
         raise HTTPException(400, "invalid SDP offer") from None
-    log.info("supervisor listening", by=peer.by)
+    log.info("supervisor listening", by=peer.who.by)
     return {"sdp": answer.sdp, "type": "answer"}
 
 
 class ConsoleConnection:
     """One console's WebSocket: what it is sent queues here (never blocking the hub)."""
 
-    def __init__(self, by: str) -> None:
-        self.by = by
+    def __init__(self, who: Supervisor) -> None:
+        self.who = who
         self.watching: str | None = None
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(CONSOLE_QUEUE)
         self.too_slow = False
@@ -224,11 +229,14 @@ async def _command(
     kind, session_id = message.get("type"), message["session_id"]
     if kind == "watch":
         console.watching = session_id
-        found = await hub.command(session_id, "transcript", console.by)
+        found = await hub.command(session_id, "transcript", console.who)
         return {"type": "transcript", "session_id": session_id, "lines": found.get("lines", [])}
     if kind in ("take_over", "hand_back"):
-        result = await hub.command(session_id, kind, console.by)
-        log.info("supervisor command", action=kind, by=console.by, ok=result.get("ok"))
+        # ``force``: the holder left without handing back; a colleague takes it over
+        # (or hands it back) so the caller is not left with nobody.
+        force = message.get("force") is True
+        result = await hub.command(session_id, kind, console.who, force=force)
+        log.info("supervisor command", action=kind, by=console.who.by, ok=result.get("ok"))
         return {"type": "result", "id": message.get("id"), "action": kind, **result}
     return {
         "type": "error",

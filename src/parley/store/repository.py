@@ -24,6 +24,10 @@ from parley.store.turns import NotFound, TurnStore
 __all__ = ["Claim", "Lease", "NotFound", "Store", "owner_id"]
 
 
+HUMAN_SAID = "human.said"
+"""The timeline stage of a person's words, once they took over a voice session."""
+
+
 class Store(TurnStore):
     """Sessions, transcripts and the timeline here; turns, claims and tool records in
     ``TurnStore`` (store/turns.py)."""
@@ -94,6 +98,19 @@ class Store(TurnStore):
         interrupted, heard) — and the last included turn's seq."""
         messages: list[tuple[str, str]] = []
         last_seq = 0
+        # What a person who took the call said, after the turn it followed (human.said).
+        person: dict[int | None, list[str]] = {}
+        async with self.db.session(read_only=True) as s:
+            rows = await s.scalars(
+                select(TimelineEvent)
+                .where(TimelineEvent.session_id == session_id, TimelineEvent.stage == HUMAN_SAID)
+                .order_by(TimelineEvent.id)
+            )
+            for row in rows:
+                text = (row.data or {}).get("text")
+                if isinstance(text, str) and text:
+                    person.setdefault(row.turn_seq, []).append(text)
+        messages += [("human", text) for text in person.pop(None, [])]
         for turn in await self.turns(session_id):
             if before_seq is not None and turn.seq >= before_seq:
                 continue
@@ -104,6 +121,7 @@ class Store(TurnStore):
             said = result.get("spoken") or result.get("heard")
             if isinstance(said, str) and said:
                 messages.append(("assistant", said))
+            messages += [("human", text) for text in person.pop(turn.seq, [])]
         return messages, last_seq
 
     async def delete_session(self, session_id: str) -> bool:

@@ -18,6 +18,7 @@ import asyncio
 import uuid
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from parley.telemetry import get_logger
@@ -52,10 +53,19 @@ AudioListener = Callable[[str, bytes], None]
 """Called with ("caller" | "agent", PCM16 16 kHz) as a session's audio passes."""
 
 
+@dataclass(frozen=True)
+class Supervisor:
+    """Who acts: ``by`` names them in events and records (``supervisor:Maria``);
+    ``holder`` tells apart two with one name (it comes from their token)."""
+
+    by: str
+    holder: str
+
+
 class Console(Protocol):
     """A connected supervisor console."""
 
-    by: str
+    who: Supervisor
     watching: str | None
 
     def send(self, message: dict[str, Any]) -> None: ...
@@ -68,9 +78,11 @@ class SupervisionBus(Protocol):
     def session_ended(self, session_id: str) -> None: ...
     def session_event(self, session_id: str, ev: Event, lines: list[dict[str, Any]]) -> None: ...
     def remote_sessions(self) -> list[dict[str, Any]]: ...
-    async def command(self, summary: dict[str, Any], action: str, by: str) -> dict[str, Any]: ...
+    async def command(
+        self, summary: dict[str, Any], action: str, who: Supervisor, force: bool
+    ) -> dict[str, Any]: ...
     def listen(self, summary: dict[str, Any], listener: AudioListener) -> Callable[[], None]: ...
-    def human_audio(self, summary: dict[str, Any], by: str, pcm: bytes) -> None: ...
+    def human_audio(self, summary: dict[str, Any], holder: str, pcm: bytes) -> None: ...
 
 
 class SupervisedSession:
@@ -86,6 +98,10 @@ class SupervisedSession:
         self.latest_agent = ""
         self.handoff_reason = ""
         self.handoff_by = ""
+        self.detached = False
+        """The session closed: what it still says (while closing) is nobody's business."""
+        self.published: dict[str, Any] | None = None
+        """The summary last told to consoles and other processes."""
         self._agent_turn: int | None = None
         for message in session.history.messages:  # a resumed conversation's earlier turns
             role = "caller" if message.role == "user" else "agent"
@@ -117,7 +133,7 @@ class SupervisedSession:
 
     def event(self, ev: Event) -> None:
         kind = ev.get("type", "")
-        if kind not in WATCHED_EVENTS:
+        if kind not in WATCHED_EVENTS or self.detached:
             return
         line = self._line(ev)
         if line is not None:
@@ -149,32 +165,54 @@ class SupervisedSession:
         return None
 
     def caller_audio(self, pcm: bytes) -> None:
+        if self.detached:
+            return
         for listener in list(self.listeners):
             listener("caller", pcm)
 
     def agent_audio(self, pcm: bytes) -> None:
+        if self.detached:
+            return
         for listener in list(self.listeners):
             listener("agent", pcm)
 
     # ---- acted on by a supervisor (here, or through the bus) ------------------------------
 
-    async def command(self, action: str, by: str) -> dict[str, Any]:
+    async def command(self, action: str, who: Supervisor, force: bool = False) -> dict[str, Any]:
         session = self.session
         if action == "take_over":
-            ok = session.take_over(by)
-            return {"ok": ok} if ok else {"ok": False, "error": "someone has it already"}
+            if session.take_over(who.by, who.holder, force=force):
+                return {"ok": True}
+            if session.holder is not None and session.holder != who.holder:
+                return {
+                    "ok": False,
+                    "error": "another supervisor has it",
+                    "held_by": session._supervisor,
+                }
+            return {"ok": False, "error": "it cannot be taken over now"}
         if action == "hand_back":
-            if session.handoff_state == "human" and getattr(session, "_supervisor", None) != by:
-                return {"ok": False, "error": "another supervisor has it"}
-            ok = await session.hand_back(by)
-            return {"ok": ok} if ok else {"ok": False, "error": "no person has it"}
+            if session.holder is None:
+                return {"ok": False, "error": "no person has it"}
+            if session.holder != who.holder and not force:
+                return {
+                    "ok": False,
+                    "error": "another supervisor has it",
+                    "held_by": session._supervisor,
+                }
+            ok = await session.hand_back(who.by)
+            return {"ok": True} if ok else {"ok": False, "error": "it is being handed back"}
         if action == "transcript":
             return {"ok": True, "lines": list(self.transcript)}
         return {"ok": False, "error": f"unknown action {action!r}"}
 
-    def human_audio(self, by: str, pcm: bytes) -> None:
-        if getattr(self.session, "_supervisor", None) == by:
+    def human_audio(self, holder: str, pcm: bytes) -> None:
+        """A supervisor's microphone: to the caller only while ``holder`` has the session."""
+        if self.session.holder == holder:
             self.session.human_audio(pcm)
+
+
+def _held_by_another(by: str | None) -> dict[str, Any]:
+    return {"ok": False, "error": "another supervisor has it", "held_by": by}
 
 
 class SupervisionHub:
@@ -187,6 +225,8 @@ class SupervisionHub:
         self.local: dict[str, SupervisedSession] = {}
         self.consoles: set[Console] = set()
         self._broadcast: asyncio.TimerHandle | None = None
+        self._gone_hooks: dict[str, set[Callable[[], None]]] = {}
+        """Called once a session ends here or elsewhere (its listeners close)."""
 
     # ---- sessions coming and going -------------------------------------------------------
 
@@ -198,6 +238,7 @@ class SupervisionHub:
         return supervised
 
     def detach(self, supervised: SupervisedSession) -> None:
+        supervised.detached = True
         if self.local.get(supervised.session_id) is supervised:
             del self.local[supervised.session_id]
             supervised.session.caller_audio_tap = None
@@ -206,8 +247,22 @@ class SupervisionHub:
                 self.bus.session_ended(supervised.session_id)
             self.session_gone(supervised.session_id)
 
+    def on_gone(self, session_id: str, hook: Callable[[], None]) -> Callable[[], None]:
+        """Call ``hook`` once the session ends; returns the way to forget it."""
+        hooks = self._gone_hooks.setdefault(session_id, set())
+        hooks.add(hook)
+
+        def forget() -> None:
+            hooks.discard(hook)
+            if not hooks and self._gone_hooks.get(session_id) is hooks:
+                del self._gone_hooks[session_id]
+
+        return forget
+
     def session_gone(self, session_id: str) -> None:
         """A session ended here or on another process."""
+        for hook in list(self._gone_hooks.pop(session_id, ())):
+            hook()
         for console in list(self.consoles):
             console.send({"type": "session.ended", "session_id": session_id})
         self._schedule_broadcast()
@@ -231,12 +286,17 @@ class SupervisionHub:
         self.deliver(supervised.session_id, ev, lines)
         if self.bus is not None:
             self.bus.session_event(supervised.session_id, ev, lines)
-            self.bus.session_changed(supervised.summary())
-        self._schedule_broadcast()
+        self.sessions_changed(supervised)
 
     def sessions_changed(self, supervised: SupervisedSession) -> None:
+        """Tell consoles and other processes, when the summary changed (a partial
+        transcript, say, changes nothing in it)."""
+        summary = supervised.summary()
+        if summary == supervised.published:
+            return
+        supervised.published = summary
         if self.bus is not None:
-            self.bus.session_changed(supervised.summary())
+            self.bus.session_changed(summary)
         self._schedule_broadcast()
 
     def deliver(self, session_id: str, ev: Event, lines: list[dict[str, Any]]) -> None:
@@ -274,15 +334,18 @@ class SupervisionHub:
 
     # ---- what consoles do -----------------------------------------------------------------
 
-    async def command(self, session_id: str, action: str, by: str) -> dict[str, Any]:
-        """``take_over`` / ``hand_back`` / ``transcript`` on a session, wherever it lives."""
+    async def command(
+        self, session_id: str, action: str, who: Supervisor, *, force: bool = False
+    ) -> dict[str, Any]:
+        """``take_over`` / ``hand_back`` / ``transcript`` on a session, wherever it lives;
+        ``force``: from whoever holds it (they left without handing back)."""
         supervised = self.local.get(session_id)
         if supervised is not None:
-            return await supervised.command(action, by)
+            return await supervised.command(action, who, force)
         summary = self.find(session_id)
         if summary is None or self.bus is None:
             return {"ok": False, "error": "no such live session"}
-        return await self.bus.command(summary, action, by)
+        return await self.bus.command(summary, action, who, force)
 
     def listen(self, session_id: str, listener: AudioListener) -> Callable[[], None] | None:
         """Hear a session's caller and agent; returns the way to stop (None: not live)."""
@@ -295,16 +358,17 @@ class SupervisionHub:
             return None
         return self.bus.listen(summary, listener)
 
-    def human_audio(self, session_id: str, by: str, pcm: bytes) -> None:
-        """The supervisor's microphone: reaches the caller only while ``by`` has it."""
+    def human_audio(self, session_id: str, holder: str, pcm: bytes) -> None:
+        """The supervisor's microphone: reaches the caller only while ``holder`` has it
+        (checked where the session lives)."""
         supervised = self.local.get(session_id)
         if supervised is not None:
-            supervised.human_audio(by, pcm)
+            supervised.human_audio(holder, pcm)
             return
         if self.bus is not None:
             summary = self.find(session_id)
-            if summary is not None and summary.get("supervisor") == by:
-                self.bus.human_audio(summary, by, pcm)
+            if summary is not None and summary.get("handoff") == "human":
+                self.bus.human_audio(summary, holder, pcm)
 
     async def close(self) -> None:
         if self._broadcast is not None:

@@ -29,9 +29,10 @@ from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from parley.telemetry import get_logger
-from parley.transports.supervision import AudioListener, SupervisionHub
+from parley.transports.supervision import AudioListener, SupervisionHub, Supervisor
 from parley.voice.events import Event
 
 log = get_logger(__name__)
@@ -41,6 +42,8 @@ HEARTBEAT_SECS = 2.0
 PROCESS_TTL_SECS = 6
 """A process silent this long is gone: its sessions leave every console."""
 COMMAND_TIMEOUT_SECS = 5.0
+OUTBOX = 2_000
+"""Messages waiting for Redis: beyond this, audio is dropped first (it is live anyway)."""
 LISTEN_LEASE_SECS = 6.0
 """A remote listener renews its lease every third of this; audio stops when it lapses."""
 
@@ -53,11 +56,14 @@ class RedisSupervisionBus:
         self.pubsub = client.pubsub(ignore_subscribe_messages=True)
         self.remote: dict[str, dict[str, Any]] = {}
         """Other processes' live sessions, by session id."""
-        self._alive: dict[str, float] = {}
+        self._seen: dict[str, float] = {}
+        """When each remote session's summary was last heard (repeated every heartbeat)."""
+        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(OUTBOX)
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._leases: dict[str, float] = {}
         """Sessions here someone elsewhere listens to, until when."""
         self._listening: dict[str, set[AudioListener]] = {}
+        self._renewing: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self._pending: set[asyncio.Task[Any]] = set()
 
@@ -74,6 +80,7 @@ class RedisSupervisionBus:
         bus._tasks = [
             asyncio.create_task(bus._read(), name="supervision-bus"),
             asyncio.create_task(bus._heartbeat(), name="supervision-heartbeat"),
+            asyncio.create_task(bus._publish_loop(), name="supervision-publish"),
         ]
         log.info("supervision bus connected", process=bus.me)
         return bus
@@ -94,15 +101,22 @@ class RedisSupervisionBus:
     # ---- publishing (never blocks the voice loop: each publish is a task) -----------------
 
     def _fire(self, channel: str, payload: bytes) -> None:
-        async def send() -> None:
+        """Queue a publish: one task sends them in order on one connection (a session's
+        events and audio arrive in the order they happened)."""
+        try:
+            self._outbox.put_nowait((channel, payload))
+        except asyncio.QueueFull:
+            if channel.startswith("audio:"):
+                return  # live audio that cannot keep up is dropped
+            log.warning("supervision outbox full; an update is lost", channel=channel)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            channel, payload = await self._outbox.get()
             try:
                 await self.redis.publish(PREFIX + channel, payload)
-            except Exception as exc:  # a lost update; the next one carries the state
+            except RedisError as exc:  # a lost update; the next one carries the state
                 log.warning("supervision publish failed", channel=channel, error=repr(exc))
-
-        task = asyncio.ensure_future(send())
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
 
     async def _publish_json(self, channel: str, message: dict[str, Any]) -> None:
         await self.redis.publish(PREFIX + channel, json.dumps(message).encode())
@@ -123,14 +137,18 @@ class RedisSupervisionBus:
 
     # ---- acting on another process's session ----------------------------------------------
 
-    async def command(self, summary: dict[str, Any], action: str, by: str) -> dict[str, Any]:
+    async def command(
+        self, summary: dict[str, Any], action: str, who: Supervisor, force: bool
+    ) -> dict[str, Any]:
         reply_id = uuid.uuid4().hex
         answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[reply_id] = answer
         message = {
             "action": action,
             "session_id": summary["session_id"],
-            "by": by,
+            "by": who.by,
+            "holder": who.holder,
+            "force": force,
             "reply_to": self.me,
             "reply_id": reply_id,
         }
@@ -139,6 +157,9 @@ class RedisSupervisionBus:
             return await asyncio.wait_for(answer, COMMAND_TIMEOUT_SECS)
         except TimeoutError:
             return {"ok": False, "error": "the session's process did not answer"}
+        except RedisError as exc:
+            log.warning("supervision command not sent", action=action, error=repr(exc))
+            return {"ok": False, "error": "the other processes cannot be reached"}
         finally:
             self._replies.pop(reply_id, None)
 
@@ -149,7 +170,9 @@ class RedisSupervisionBus:
         listeners.add(listener)
         if first:
             self._spawn(self.pubsub.subscribe(PREFIX + f"audio:{session_id}"))
-            self._spawn(self._renew_lease(summary))
+            if session_id not in self._renewing:  # a quick stop and listen: one loop
+                self._renewing.add(session_id)
+                self._spawn(self._renew_lease(summary))
 
         def stop() -> None:
             current = self._listening.get(session_id)
@@ -164,14 +187,21 @@ class RedisSupervisionBus:
 
     async def _renew_lease(self, summary: dict[str, Any]) -> None:
         session_id = summary["session_id"]
+        try:
+            await self._renew(summary)
+        finally:
+            self._renewing.discard(session_id)
+
+    async def _renew(self, summary: dict[str, Any]) -> None:
+        session_id = summary["session_id"]
         while session_id in self._listening:
-            message = {"action": "listen", "session_id": session_id, "by": "", "reply_to": None}
+            message = {"action": "listen", "session_id": session_id, "reply_to": None}
             with contextlib.suppress(Exception):
                 await self._publish_json(f"ctl:{summary['process']}", message)
             await asyncio.sleep(LISTEN_LEASE_SECS / 3)
 
-    def human_audio(self, summary: dict[str, Any], by: str, pcm: bytes) -> None:
-        header = json.dumps({"session_id": summary["session_id"], "by": by}).encode()
+    def human_audio(self, summary: dict[str, Any], holder: str, pcm: bytes) -> None:
+        header = json.dumps({"session_id": summary["session_id"], "holder": holder}).encode()
         self._fire(f"mic:{summary['process']}", header + b"\n" + pcm)
 
     def _spawn(self, coro: Any) -> None:
@@ -210,8 +240,8 @@ class RedisSupervisionBus:
             header, _, pcm = data.partition(b"\n")
             meta = json.loads(header)
             supervised = self.hub.local.get(meta["session_id"])
-            if supervised is not None:
-                supervised.human_audio(str(meta["by"]), pcm)
+            if supervised is not None:  # who holds it is checked there
+                supervised.human_audio(str(meta["holder"]), pcm)
             return
         message = json.loads(data)
         if channel == "sessions":
@@ -220,23 +250,28 @@ class RedisSupervisionBus:
             if message.get("process") != self.me:
                 self.hub.deliver(message["session_id"], message["event"], message["lines"])
         elif channel.startswith("ctl:"):
-            await self._on_command(message)
+            # Its own task: a hand-back waits for a transcription, and the reader must
+            # go on carrying audio and replies meanwhile.
+            self._spawn(self._on_command(message))
         elif channel.startswith("reply:"):
             answer = self._replies.get(message.pop("reply_id", ""))
             if answer is not None and not answer.done():
                 answer.set_result(message)
 
     def _on_sessions(self, message: dict[str, Any]) -> None:
-        process = message.get("process")
-        if process == self.me:
+        if message.get("process") == self.me:
             return
-        self._alive[str(process)] = time.monotonic()
         if "ended" in message:
+            self._seen.pop(message["ended"], None)
             if self.remote.pop(message["ended"], None) is not None:
                 self.hub.session_gone(message["ended"])
         elif "summary" in message:
-            self.remote[message["summary"]["session_id"]] = message["summary"]
-            self.hub.remote_changed()
+            session_id = message["summary"]["session_id"]
+            changed = self.remote.get(session_id) != message["summary"]
+            self.remote[session_id] = message["summary"]
+            self._seen[session_id] = time.monotonic()
+            if changed:
+                self.hub.remote_changed()
 
     async def _on_command(self, message: dict[str, Any]) -> None:
         session_id = message["session_id"]
@@ -250,7 +285,8 @@ class RedisSupervisionBus:
         if supervised is None:
             result: dict[str, Any] = {"ok": False, "error": "no such live session"}
         else:
-            result = await supervised.command(message["action"], str(message["by"]))
+            who = Supervisor(str(message["by"]), str(message["holder"]))
+            result = await supervised.command(message["action"], who, bool(message["force"]))
         if message.get("reply_to"):
             await self._publish_json(
                 f"reply:{message['reply_to']}", {"reply_id": message["reply_id"], **result}
@@ -270,17 +306,16 @@ class RedisSupervisionBus:
         return publish
 
     async def _heartbeat(self) -> None:
-        """Tell the others this process lives (its sessions' summaries, again), and forget
-        the sessions of processes that stopped telling."""
+        """Tell the others this process's sessions live (their summaries, again), and
+        forget remote sessions nobody repeated lately: their process died, or their end
+        was lost on the way."""
         while True:
             for supervised in list(self.hub.local.values()):
                 self.session_changed(supervised.summary())
             now = time.monotonic()
-            gone = {p for p, seen in self._alive.items() if now - seen > PROCESS_TTL_SECS}
-            for process in gone:
-                del self._alive[process]
-                for session_id, summary in list(self.remote.items()):
-                    if summary.get("process") == process:
-                        del self.remote[session_id]
+            for session_id, seen in list(self._seen.items()):
+                if now - seen > PROCESS_TTL_SECS:
+                    del self._seen[session_id]
+                    if self.remote.pop(session_id, None) is not None:
                         self.hub.session_gone(session_id)
             await asyncio.sleep(HEARTBEAT_SECS)

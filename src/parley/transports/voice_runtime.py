@@ -263,6 +263,7 @@ async def open_voice_session(
     try:
         async with slot.lock:
             previous = slot.live
+            handoff = previous.session.handoff_snapshot() if previous is not None else None
             if previous is not None:
                 log.warning("session taken over by a new connection")
                 try:
@@ -274,6 +275,10 @@ async def open_voice_session(
                 except Exception as exc:  # its slot is freed all the same: go on
                     log.error("closing the replaced session failed", error=repr(exc), exc_info=exc)
             session, deadline, observer = await _new_session(app, session_id, sink, transport)
+            if handoff is not None:
+                # A reconnect during a handoff: the person keeps the call (the agent must
+                # not start answering again because the caller's network blinked).
+                session.restore_handoff(handoff)
             live = LiveSession(app, session, on_taken_over, observer)
             # The agent's goodbye (envelope ``end_call``) ends the call; a phone line
             # replaces this with a hang-up through its carrier.
@@ -291,6 +296,20 @@ async def open_voice_session(
     finally:
         slot.opening -= 1
         _forget_if_unused(app, session_id)
+
+
+async def _stored_handoff(store: Any, session_id: str) -> tuple[str, str | None, str | None]:
+    """Who had the conversation when its connection dropped, from the timeline."""
+    state: tuple[str, str | None, str | None] = ("agent", None, None)
+    for row in await store.timeline(session_id):
+        data = row.data or {}
+        if row.stage == "handoff.requested" and state[0] == "agent":
+            state = ("requested", None, None)
+        elif row.stage == "handoff.accepted":
+            state = ("human", data.get("by"), data.get("holder") or data.get("by"))
+        elif row.stage == "handoff.returned":
+            state = ("agent", None, None)
+    return state
 
 
 async def _new_session(
@@ -326,6 +345,7 @@ async def _new_session(
     if reconnect:
         messages, last_turn = await store.conversation(session_id)
         session.restore(messages, last_turn)
+        session.restore_handoff(await _stored_handoff(store, session_id))
         recovery_ms = round((time.monotonic() - started) * 1000, 1)
         recorder.event(
             "session.reconnected", None, {"recovery_ms": recovery_ms, "messages": len(messages)}

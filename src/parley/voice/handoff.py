@@ -41,6 +41,9 @@ HUMAN_PAUSE_SECS = 0.7
 """Silence that ends one of the supervisor's utterances (it is then transcribed)."""
 HUMAN_MAX_SECS = 20.0
 """An utterance longer than this is transcribed in pieces (bounded memory and STT input)."""
+HAND_BACK_WAIT_SECS = 3.0
+"""How long handing back waits for the person's last words to be transcribed (shorter
+than a remote command's timeout, so the console hears the outcome)."""
 CORRECTION = re.compile(r"^\s*(no[,.! ]|nope\b|that'?s not|not what i|i said\b|wrong\b)", re.I)
 """A turn that opens like this corrects the agent: it counts as a repeat."""
 
@@ -64,6 +67,8 @@ class Handoff(SessionCore):
     _human_silence = 0.0
     _human_pending: set[asyncio.Task[None]] | None = None
     _human_quiet: asyncio.TimerHandle | None = None
+    _holder: str | None = None
+    _handing_back = False
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -74,27 +79,45 @@ class Handoff(SessionCore):
         self.handoff_state = "requested"
         reason = reason[:200]
         self._handoff_event("handoff.requested", by=by, reason=reason)
-        log.info("handoff requested", by=by, reason=reason)
+        # The reason may quote the caller (a client's own words, the LLM's): not at INFO.
+        log.info("handoff requested", by=by)
+        log.debug("handoff reason", reason=reason)
         transfer = self.handoff_transfer
         if transfer is not None:
             self._stop_agent(reason="handoff")
             self._spawn(transfer(by, reason), name="handoff-transfer")
         return True
 
-    def take_over(self, by: str) -> bool:
+    @property
+    def holder(self) -> str | None:
+        """Who has the conversation (a supervisor's unique id), while a person has it."""
+        return self._holder if self.handoff_state == "human" else None
+
+    def take_over(self, by: str, holder: str | None = None, *, force: bool = False) -> bool:
         """A person takes the conversation: the agent stops talking (what the caller heard
-        is kept) and stops answering. False when someone has it already."""
-        if self.handoff_state == "human" or self._closed:
+        is kept) and stops answering. ``by`` names them in events; ``holder`` tells them
+        apart (two supervisors may share a name). False when someone has it already,
+        unless ``force`` (the holder left: a colleague takes it from them)."""
+        holder = holder or by
+        if self._closed or self._handing_back:
+            return False
+        if self.handoff_state == "human" and not (force and holder != self._holder):
             return False
         if self.handoff_state == "agent":  # a supervisor stepped in unasked: say so first
             self.handoff_state = "requested"
             self._handoff_event("handoff.requested", by=by, reason="supervisor took over")
-        self._stop_agent(reason="takeover")
+        if self.handoff_state == "human":
+            self._flush_human_speech()  # the previous holder's last words are theirs
+        else:
+            self._stop_agent(reason="takeover")
         self.handoff_state = "human"
         self._supervisor = by
+        self._holder = holder
         self._human_frames = []
         self._human_silence = 0.0
-        self._handoff_event("handoff.accepted", by=by, reason="")
+        self._handoff_event(
+            "handoff.accepted", by=by, reason="forced" if force else "", holder=holder
+        )
         self._send_state("listening")
         log.info("handoff accepted", by=by)
         return True
@@ -102,21 +125,39 @@ class Handoff(SessionCore):
     async def hand_back(self, by: str) -> bool:
         """The person hands the conversation back; their last words are transcribed into
         the history first, so the agent's next answer knows them. False when no person
-        has it."""
-        if self.handoff_state != "human":
+        has it (or it is being handed back already)."""
+        if self.handoff_state != "human" or self._handing_back or self._closed:
             return False
-        self._flush_human_speech()
-        pending = list(self._human_pending or ())
-        if pending:
-            await asyncio.wait(pending, timeout=10.0)
-        self.handoff_state = "agent"
-        self._supervisor = None
-        self._human_frames = None
-        self._failed_streak = self._repeat_streak = 0
-        self._handoff_event("handoff.returned", by=by, reason="")
-        log.info("handoff returned", by=by)
-        self._prefill_next_turn()
-        return True
+        self._handing_back = True
+        try:
+            self._flush_human_speech()
+            self._human_frames = None  # what comes now is not theirs to say any more
+            pending = list(self._human_pending or ())
+            if pending:
+                await asyncio.wait(pending, timeout=HAND_BACK_WAIT_SECS)
+            if self._closed or self.handoff_state != "human":
+                return False
+            self.handoff_state = "agent"
+            self._supervisor = self._holder = None
+            self._failed_streak = self._repeat_streak = 0
+            self._handoff_event("handoff.returned", by=by, reason="")
+            log.info("handoff returned", by=by)
+            self._prefill_next_turn()
+            return True
+        finally:
+            self._handing_back = False
+
+    def handoff_snapshot(self) -> tuple[str, str | None, str | None]:
+        """Who has the conversation, for the session that replaces this one (a reconnect)."""
+        return self.handoff_state, self._supervisor, self._holder
+
+    def restore_handoff(self, snapshot: tuple[str, str | None, str | None]) -> None:
+        state, supervisor, holder = snapshot
+        if state in ("requested", "human"):
+            self.handoff_state = state  # type: ignore[assignment]
+            self._supervisor, self._holder = supervisor, holder
+            if state == "human":
+                self._human_frames = []
 
     def withdraw_handoff(self, by: str, reason: str) -> bool:
         """A request nobody can take after all (a phone transfer that failed): the agent
@@ -129,16 +170,17 @@ class Handoff(SessionCore):
         log.info("handoff withdrawn", by=by, reason=reason)
         return True
 
-    def _handoff_event(self, kind: str, *, by: str, reason: str) -> None:
+    def _handoff_event(self, kind: str, *, by: str, reason: str, holder: str | None = None) -> None:
+        """``holder``: kept in the record only (a reconnect restores who has the call)."""
         data: dict[str, Any] = {"by": by, "reason": reason, "at": round(time.time(), 3)}
         self.sink.send_event(event(kind, session_id=self.session_id, **data))
         if self.recorder is not None:
-            self.recorder.event(kind, None, data)
+            self.recorder.event(kind, None, {**data, "holder": holder} if holder else data)
 
     def _stop_agent(self, *, reason: str) -> None:
         reply = self._reply
-        if reply is None:
-            return
+        if reply is None or reply.task is asyncio.current_task():
+            return  # none, or the reply itself asked (it ends on its own)
         if reply.confirmed:
             self._barge_in(reason=reason)
         else:
@@ -197,20 +239,22 @@ class Handoff(SessionCore):
         audio = np.concatenate(frames)
         if self._human_pending is None:
             self._human_pending = set()
-        task = self._spawn(self._transcribe_human(audio), name="human-speech")
+        task = self._spawn(self._transcribe_human(audio, self._supervisor), name="human-speech")
         self._human_pending.add(task)
         task.add_done_callback(self._human_pending.discard)
 
-    async def _transcribe_human(self, audio: np.ndarray) -> None:
+    async def _transcribe_human(self, audio: np.ndarray, by: str | None) -> None:
         result = await self.engines.stt.transcribe(audio)
         text = result.text.strip()
-        if not text:
+        if not text or self._closed:
             return
         self.history.add_human(text)
         turn_id = self._turn_count
-        self.sink.send_event(event("human.text", turn_id=turn_id, text=text, by=self._supervisor))
+        self.sink.send_event(event("human.text", turn_id=turn_id, text=text, by=by))
         if self.recorder is not None:
-            self.recorder.event("human.said", turn_id, {"by": self._supervisor, "text": text})
+            # Kept as the caller's words are: redacted when the server redacts them.
+            stored = self.recorder.stored_text(text)
+            self.recorder.event("human.said", turn_id, {"by": by, "text": stored})
 
     # ---- turns while handed off, and the triggers ----------------------------------------
 
@@ -237,7 +281,7 @@ class Handoff(SessionCore):
             return
         settings = self.settings.handoff
         if any(re.search(p, text, re.I) for p in settings.request_phrases):
-            self.request_handoff(f"the caller asked for a person: {text[:120]!r}", by="caller")
+            self.request_handoff("the caller asked for a person", by="caller")
             return
         alike = bool(previous) and _alike(previous, text) >= settings.repeat_similarity
         if alike or (previous and CORRECTION.match(text)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from parley.engines import ChatMessage
+from parley.engines.base import person_message
 
 
 class ConversationHistory:
@@ -30,11 +31,10 @@ class ConversationHistory:
         if text.strip():
             self._messages.append(ChatMessage("assistant", text))
 
-    def add_human(self, text: str, label: str = "a human colleague") -> None:
-        """What a person who took over said to the caller: the agent's side of the
-        conversation, marked as a person's words (the agent must not claim them)."""
+    def add_human(self, text: str) -> None:
+        """What a person who took over said to the caller (see ``person_message``)."""
         if text.strip():
-            self._messages.append(ChatMessage("assistant", f"[{label} said:] {text}"))
+            self._messages.append(person_message(text))
 
     def prompt(self, pending_user: str | None = None) -> list[ChatMessage]:
         """Messages for the next reply; ``pending_user`` is a turn not yet committed."""

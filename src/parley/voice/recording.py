@@ -46,6 +46,10 @@ class SessionRecorder:
 
     # ---- called by the session (never blocks) ------------------------------------------
 
+    def stored_text(self, text: str) -> str:
+        """``text`` as the store keeps spoken words (redacted when it redacts them)."""
+        return self._store.stored_text(text)
+
     def turn_started(self, turn_id: int, text: str) -> None:
         self._open.add(turn_id)
         # A key of its own for every voice turn: the loop's numbers are reused (a dropped

@@ -86,7 +86,7 @@ class Replying(SessionCore):
             except Exception as exc:  # never leave the session holding a dead reply
                 log.error("the apology failed", error=repr(exc), exc_info=exc)
             self.history.add_assistant(reply.playout.heard_text())
-            self._note_turn_outcome(True)
+            failed = True
         else:
             self.history.add_assistant(reply.raw_text() or reply.full_text())
             self._prefill_next_turn()
@@ -95,14 +95,15 @@ class Replying(SessionCore):
                 if reply.envelope is not None:
                     result["envelope"] = reply.envelope.model_dump()
                 self.recorder.turn_finished(reply.turn_id, TurnState.COMPLETED, result)
-            if reply.user_text is not None:
-                self._note_turn_outcome(False)
+            failed = False
             if reply.envelope is not None and reply.envelope.end_call:
                 self._end_call()
         if self._reply is reply:
             self._reply = None
             self._send_state("listening")
             self._adopt_overlaps()
+        if reply.user_text is not None:  # a caller's turn (not the greeting, not a script)
+            self._note_turn_outcome(failed)
 
     async def _apologise(self, reply: Reply) -> None:
         """Say the canned apology (synthesized at start-up: heard even when every speech

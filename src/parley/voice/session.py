@@ -71,6 +71,8 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting, Handoff):
         for role, text in messages:
             if role == "user":
                 self.history.add_user(text)
+            elif role == "human":  # what a person said after taking the call over
+                self.history.add_human(text)
             else:
                 self.history.add_assistant(text)
         self._turn_count = last_turn_id
@@ -133,7 +135,7 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting, Handoff):
                 first=verdict.first_drop,
                 persistent=verdict.persistent,
             )
-        if self.caller_audio_tap is not None:
+        if self.caller_audio_tap is not None and not self._muted:  # muted: heard by nobody
             self.caller_audio_tap(pcm)
         try:
             self._inbound.put_nowait(pcm)

@@ -16,7 +16,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE
 from parley.telemetry import get_logger
-from parley.transports.supervision import SupervisionHub
+from parley.transports.supervision import SupervisionHub, Supervisor
 from parley.transports.webrtc.peer import ice_configuration
 from parley.transports.webrtc.tracks import (
     OPUS_FRAME_SAMPLES,
@@ -85,14 +85,15 @@ class ListenTrack(MediaStreamTrack):
 class ListenPeer:
     """One supervisor's WebRTC connection to one session."""
 
-    def __init__(self, app: Any, hub: SupervisionHub, session_id: str, by: str) -> None:
+    def __init__(self, app: Any, hub: SupervisionHub, session_id: str, who: Supervisor) -> None:
         self.app = app
         self.hub = hub
         self.session_id = session_id
-        self.by = by
+        self.who = who
         self.pc = RTCPeerConnection(ice_configuration(app.state.settings.webrtc))
         self.track = ListenTrack()
         self._stop_listening: Callable[[], None] | None = None
+        self._forget: Callable[[], None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
         self.pc.on("track", self._on_track)
@@ -108,6 +109,8 @@ class ListenPeer:
         if stop is None:
             raise LookupError("the session is not live")
         self._stop_listening = stop
+        # The call ends (here or on another process): so does listening to it.
+        self._forget = self.hub.on_gone(self.session_id, self._session_gone)
         description = self.pc.localDescription
         assert description is not None
         return description
@@ -120,7 +123,13 @@ class ListenPeer:
 
     async def _pump_microphone(self, track: MediaStreamTrack) -> None:
         async for pcm in pcm_from(track):
-            self.hub.human_audio(self.session_id, self.by, pcm)
+            self.hub.human_audio(self.session_id, self.who.holder, pcm)
+
+    def _session_gone(self) -> None:
+        self._forget = None
+        task = asyncio.ensure_future(self.close())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _on_connection_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
@@ -134,6 +143,8 @@ class ListenPeer:
         self.closed = True
         if self._stop_listening is not None:
             self._stop_listening()
+        if self._forget is not None:
+            self._forget()
         peers: dict[int, ListenPeer] = self.app.state.listen_peers
         peers.pop(id(self), None)
         self.track.stop()
@@ -142,4 +153,4 @@ class ListenPeer:
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
-        log.info("supervisor stopped listening", by=self.by)
+        log.info("supervisor stopped listening", by=self.who.by)
