@@ -401,11 +401,11 @@ function openSession(sessionId) {
 
 // ---- take over, hand back ----------------------------------------------------------------
 
-function command(action) {
+function command(action, force = false) {
   const sessionId = status.watching;
   if (!sessionId) return;
   const id = `c${nextCommandId++}`;
-  if (!send({ type: action, session_id: sessionId, id })) {
+  if (!send({ type: action, session_id: sessionId, id, force })) {
     banner("Not connected to the server: try again in a moment.");
     return;
   }
@@ -420,6 +420,12 @@ function commandDone(id, cmd, ok, error) {
   if (ok && cmd.action === "hand_back" && holding === cmd.sessionId) holding = null;
   if (!ok) banner(`${cmd.action === "take_over" ? "Take over" : "Hand back"} failed: ${error || "refused"}`);
   else banner("");
+  // A colleague holds the call (and may have left without handing back): taking it from
+  // them is a deliberate second step, never a click's side effect.
+  if (!ok && error === "another supervisor has it" && status.watching === cmd.sessionId &&
+      window.confirm(`${cmd.action === "take_over" ? "Take this call over" : "Hand this call back"} from the colleague who has it?`)) {
+    command(cmd.action, true);
+  }
   updateWatch();
 }
 
