@@ -155,6 +155,20 @@ async def test_every_provider_failing_is_one_clear_error() -> None:
         await chain.transcribe(np.zeros(160, np.float32))
 
 
+async def test_with_every_breaker_open_the_providers_are_tried_all_the_same() -> None:
+    """Skipping them all would fail the caller for certain: one back before its probe
+    (which only runs after ``open_secs``) answers at once."""
+    first, second = STT(None), STT(None)
+    chain = chain_of(FallbackSTT, "stt", first, second)
+    for _ in range(2):  # two failures each: both breakers open
+        with pytest.raises(AllProvidersFailed):
+            await chain.transcribe(np.zeros(160, np.float32))
+    assert [p.breaker.allows for p in chain.providers] == [False, False]
+    second.text = "back"
+    assert (await chain.transcribe(np.zeros(160, np.float32))).text == "back"
+    assert first.calls == 3 and second.calls == 3
+
+
 # ---- the LLM -------------------------------------------------------------------------------
 
 

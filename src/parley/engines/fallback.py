@@ -100,7 +100,13 @@ class ProviderChain(Generic[E]):
         return self.providers[0].engine
 
     def candidates(self) -> Iterator[Provider[E]]:
-        """The providers to try now, in order (those with open breakers are skipped)."""
+        """The providers to try now, in order (those with open breakers are skipped).
+        When every breaker is open they are all tried all the same: skipping them all is
+        a certain failure for the caller, and a provider back before its probe says so
+        answers at once (LiveKit Agents' fallback adapters do the same)."""
+        if not any(provider.breaker.allows for provider in self.providers):
+            yield from self.providers
+            return
         for provider in self.providers:
             if provider.breaker.allows:
                 yield provider
