@@ -5,7 +5,7 @@ import { sendOffer } from "./api.js";
 
 const GATHER_TIMEOUT_MS = 3000;
 
-function iceGatheringDone(pc) {
+export function iceGatheringDone(pc) {
   // The server does not take trickled candidates: offer once gathering is complete.
   if (pc.iceGatheringState === "complete") return Promise.resolve();
   return new Promise((resolve) => {

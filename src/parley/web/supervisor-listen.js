@@ -3,24 +3,7 @@
 // forwards it to the caller only while this supervisor has taken the conversation over.
 
 import { HttpError, ServerUnreachable, TokenRejected } from "/api.js";
-
-const GATHER_TIMEOUT_MS = 3000;
-
-function iceGatheringDone(pc) {
-  // The server does not take trickled candidates: offer once gathering is complete
-  // (as the caller page's connection.js does).
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      if (pc.iceGatheringState === "complete") {
-        pc.removeEventListener("icegatheringstatechange", done);
-        resolve();
-      }
-    };
-    pc.addEventListener("icegatheringstatechange", done);
-    setTimeout(resolve, GATHER_TIMEOUT_MS);
-  });
-}
+import { iceGatheringDone } from "/connection.js";
 
 async function postOffer(sessionId, token, sdp) {
   let response;
