@@ -67,3 +67,12 @@ export function fetchRecentSessions(token) {
 export function fetchInspection(sessionId, token) {
   return call(`/v1/sessions/${sessionId}/inspection`, { token });
 }
+
+export function mintSupervisorToken(key, name) {
+  return call("/v1/supervisor/tokens", { method: "POST", token: key, body: name ? { name } : {} });
+}
+
+export function sendListenOffer(sessionId, token, sdp) {
+  const path = `/v1/supervisor/sessions/${encodeURIComponent(sessionId)}/webrtc`;
+  return call(path, { method: "POST", token, body: { sdp, type: "offer" } });
+}

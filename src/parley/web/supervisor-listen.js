@@ -2,31 +2,8 @@
 // caller and the agent mixed); the supervisor's microphone goes out, and the server
 // forwards it to the caller only while this supervisor has taken the conversation over.
 
-import { HttpError, ServerUnreachable, TokenRejected } from "/api.js";
+import { sendListenOffer } from "/api.js";
 import { iceGatheringDone } from "/connection.js";
-
-async function postOffer(sessionId, token, sdp) {
-  let response;
-  try {
-    response = await fetch(`/v1/supervisor/sessions/${encodeURIComponent(sessionId)}/webrtc`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
-      body: JSON.stringify({ sdp, type: "offer" }),
-    });
-  } catch (err) {
-    throw new ServerUnreachable(`the Parley server cannot be reached (${err.message})`);
-  }
-  let payload = null;
-  try {
-    payload = await response.json();
-  } catch {
-    payload = null;
-  }
-  const detail = payload && typeof payload.detail === "string" ? payload.detail : `HTTP ${response.status}`;
-  if (response.status === 401) throw new TokenRejected(detail);
-  if (!response.ok) throw new HttpError(response.status, detail);
-  return payload;
-}
 
 export class ListenConnection extends EventTarget {
   // Events: "track" (detail: the remote MediaStream), "state" (detail: a word), "dropped".
@@ -58,7 +35,7 @@ export class ListenConnection extends EventTarget {
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringDone(pc);
     if (this.closed) return;
-    const answer = await postOffer(this.sessionId, token, pc.localDescription.sdp);
+    const answer = await sendListenOffer(this.sessionId, token, pc.localDescription.sdp);
     if (this.closed) return;
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
   }

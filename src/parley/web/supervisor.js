@@ -4,7 +4,7 @@
 // microphone then reaches the caller) and handing it back to the agent.
 // The key or token typed in stays in this tab (sessionStorage), never in the URL.
 
-import { HttpError, ServerUnreachable, TokenRejected } from "/api.js";
+import { mintSupervisorToken, TokenRejected } from "/api.js";
 import { LevelMeter, ListenConnection } from "/supervisor-listen.js";
 import { LiveTranscript, element, transcriptLine } from "/supervisor-transcript.js";
 
@@ -69,21 +69,7 @@ function claimsOf(jwt) {
 }
 
 async function mintToken(key, name) {
-  let response;
-  try {
-    response = await fetch("/v1/supervisor/tokens", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Authorization: `Bearer ${key}` },
-      body: JSON.stringify(name ? { name } : {}),
-    });
-  } catch (err) {
-    throw new ServerUnreachable(`the Parley server cannot be reached (${err.message})`);
-  }
-  const payload = await response.json().catch(() => null);
-  const detail = payload && typeof payload.detail === "string" ? payload.detail : `HTTP ${response.status}`;
-  if (response.status === 401) throw new TokenRejected(detail);
-  if (!response.ok) throw new HttpError(response.status, detail);
-  return payload.token;
+  return (await mintSupervisorToken(key, name)).token;
 }
 
 async function signIn(secret, name) {

@@ -12,19 +12,12 @@ from typing import Any
 import av
 import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
 
 from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE
 from parley.telemetry import get_logger
 from parley.transports.supervision import SupervisionHub, Supervisor
 from parley.transports.webrtc.peer import ice_configuration
-from parley.transports.webrtc.tracks import (
-    OPUS_FRAME_SAMPLES,
-    OPUS_RATE,
-    OpusRateFrames,
-    pcm_frame,
-    pcm_from,
-)
+from parley.transports.webrtc.tracks import AgentAudioTrack, pcm_from
 
 log = get_logger(__name__)
 
@@ -33,22 +26,17 @@ MAX_BUFFER_SECS = 0.5
 FRAME_BYTES = FRAME_SAMPLES * 2
 
 
-class ListenTrack(MediaStreamTrack):
+class ListenTrack(AgentAudioTrack):
     """The caller's and the agent's audio (16 kHz, pushed as they pass) mixed into one
-    real-time track. Each side has its own short buffer: the caller's audio arrives as it
-    is captured, the agent's a little ahead of real time; mixing 20 ms of each per frame
-    keeps both in step."""
-
-    kind = "audio"
+    real-time track, paced as the agent's own track is. Each side has its own short
+    buffer: the caller's audio arrives as it is captured, the agent's a little ahead of
+    real time; mixing 20 ms of each per frame keeps both in step."""
 
     def __init__(self) -> None:
         super().__init__()
         self._sides: dict[str, bytearray] = {"caller": bytearray(), "agent": bytearray()}
-        self._out = OpusRateFrames()
-        self._start: float | None = None
-        self._pts = 0
 
-    def push(self, side: str, pcm: bytes) -> None:
+    def push_side(self, side: str, pcm: bytes) -> None:
         buffer = self._sides.get(side)
         if buffer is None:
             return
@@ -68,18 +56,8 @@ class ListenTrack(MediaStreamTrack):
         return np.clip(mix, -32768, 32767).astype("<i2").tobytes()
 
     async def recv(self) -> av.AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        else:
-            self._pts += OPUS_FRAME_SAMPLES
-            delay = self._start + self._pts / OPUS_RATE - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        self._out.push(self._mixed_frame())
-        return pcm_frame(self._out.pop() or bytes(OPUS_FRAME_SAMPLES * 2), self._pts, OPUS_RATE)
+        self.push(self._mixed_frame())
+        return await super().recv()
 
 
 class ListenPeer:
@@ -105,7 +83,7 @@ class ListenPeer:
             raise ValueError("the offer has no audio section")
         self.pc.addTrack(self.track)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        stop = self.hub.listen(self.session_id, self.track.push)
+        stop = self.hub.listen(self.session_id, self.track.push_side)
         if stop is None:
             raise LookupError("the session is not live")
         self._stop_listening = stop
