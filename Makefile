@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-fast bench bench-turns bench-webrtc bench-chaos lint install system-deps postgres redis clean
+.PHONY: run test test-fast bench bench-turns bench-webrtc bench-chaos bench-recognizers lint install system-deps postgres redis clean
 
 run: install
 	$(BIN)/parley serve
@@ -36,6 +36,13 @@ bench-webrtc: install
 # scored from the received audio; about 7 minutes on 2 cores.
 bench-turns: install system-deps
 	$(BIN)/python bench/turn_taking.py
+
+# The streaming recognizers that install from a package here, against the shipped Whisper:
+# word error rate, first emission of a spoken command, words on noise, CPU at 1/4/8
+# sessions (about 15 minutes on 2 cores).
+bench-recognizers: install system-deps
+	$(BIN)/python -m pip install -q -e ".[eval]"
+	$(BIN)/python bench/recognizers.py
 
 # 20 spoken turns per stage with its primary provider killed at turn 5, back at turn 12.
 bench-chaos: install system-deps

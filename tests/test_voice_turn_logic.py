@@ -206,6 +206,30 @@ async def test_every_overlapping_segment_joins_the_turn_after_a_barge_in(harness
     assert len(h.sink.of("turn.interrupted")) == 1
 
 
+@pytest.mark.parametrize(("windows", "interrupts"), [(9, False), (14, True)])
+async def test_a_short_sound_over_the_agent_never_interrupts_whatever_its_words(
+    monkeypatch: Any, tmp_path: Any, windows: int, interrupts: bool
+) -> None:
+    """Regression (a fresh clone's `make test`: a 0.3 s "hm" stopped the agent, Whisper
+    heard "Take it."): the segmenter counts the silence after a sound as speech until it
+    ends the segment, so a 0.29 s sound lasted past ``min_duration`` (0.4 s) for barge-in
+    and its invented words were believed. Only speech the VAD is sure of counts now."""
+    h = Harness(monkeypatch, tmp_path)
+    h.settings.interruption.min_duration = 0.4
+    h.settings.interruption.first_check_secs = 0.0
+    await h.session.start()
+    try:
+        await h.agent_speaking()
+        await h.speak(1, windows)  # words the STT reads as "no wait"; 9 windows: 0.29 s
+        await until(lambda: not h.session._overlaps)  # judged whole once it stopped
+        cut = h.sink.of("turn.interrupted")
+        assert bool(cut) is interrupts, cut
+        if not interrupts:
+            assert h.session.state == "speaking"
+    finally:
+        await h.session.close()
+
+
 async def test_a_new_endpointing_decision_cancels_the_old_one(harness: Harness) -> None:
     """Regression: a segment that ended after another replaced the endpointing task
     without cancelling it, so the turn could be confirmed (and stored) twice."""

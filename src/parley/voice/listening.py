@@ -48,8 +48,13 @@ class Listening(SessionCore):
         now = self._now()
         if edge is SpeechEdge.STARTED:
             self._on_speech_started(list(self._recent), window)
+            if self._segment is not None:
+                # The windows that started it were all over the threshold.
+                self._segment.voiced_secs = self._segmenter.speech_secs
         elif self._segment is not None:
             self._segment.audio.append(window)
+            if probability >= self.settings.vad.threshold:
+                self._segment.voiced_secs += self._window_secs
         if self._turn is not None:
             self._turn.audio.append(window)
         self._recent.append(window)
@@ -81,10 +86,12 @@ class Listening(SessionCore):
         if seg is None:
             return
         speech = self._segmenter.speech_secs
-        if seg.overlap:
-            self._overlap_continues(seg, speech)
-            return
         silence = self._segmenter.trailing_silence_secs
+        if seg.overlap:
+            # The segmenter counts a trailing silence as speech until it ends the segment:
+            # a 0.3 s hum must not last 0.45 s for barge-in.
+            self._overlap_continues(seg, speech - silence)
+            return
         if silence == 0.0 and seg.early is not None:
             # Speech went on: the early transcript, and any reply drafted on it, are stale.
             # Cancelled, not just forgotten: queued, it would hold the STT lane that the

@@ -25,12 +25,17 @@ class Segment:
     check: asyncio.Task[bool] | None = None
     last_check_secs: float = 0.0
     speech_secs: float = 0.0
-    """How long the speech has lasted (kept for overlaps: barge-in judges by it)."""
+    """How long the speech has lasted, without the silence that trails it (kept for
+    overlaps: barge-in schedules its checks by it)."""
+    voiced_secs: float = 0.0
+    """How much of it the VAD is sure is speech (probability at its threshold or more):
+    what barge-in's ``min_duration`` is held against. Never more than the sound lasted,
+    unlike ``speech_secs`` while the VAD's hysteresis and hangover still count as speech."""
     echo: bool = False
+    """An overlap that sounds like the agent's own voice played back."""
     echo_similarity: float = 0.0
     stop_words: str | None = None
     """An overlap whose words say "stop", heard before it lasted ``min_duration``."""
-    """An overlap that sounds like the agent's own voice played back."""
     stopped: bool = False
     stopped_at: float = 0.0
     """Loop time of the segment's last speech (set when it stops)."""
