@@ -58,7 +58,13 @@ def test_end_of_turn_delays_stay_ordered_when_only_the_bounds_are_set():
         ("Yeah, yeah. Got it.", True, Overlap.BACKCHANNEL),
         ("I see.", True, Overlap.BACKCHANNEL),
         ("I", False, Overlap.UNDECIDED),  # may become "I see"
-        ("I", True, Overlap.INTERRUPTION),
+        ("I", True, Overlap.UNSURE),
+        # One word that is no cue: Whisper's "M" for mm-hmm, "Yay" for yeah.
+        ("M.", True, Overlap.UNSURE),
+        ("Yay!", False, Overlap.UNDECIDED),
+        ("What?", True, Overlap.INTERRUPTION),
+        ("Hold on.", False, Overlap.INTERRUPTION),
+        ("Can you", False, Overlap.INTERRUPTION),
         ("", True, Overlap.NOTHING),
         ("No", False, Overlap.INTERRUPTION),
         ("Wait,", False, Overlap.INTERRUPTION),

@@ -1,5 +1,10 @@
 """Is speech that overlaps the agent a backchannel ("yeah", "mm-hmm", "got it") or a real
-interruption? Pure logic over what the overlap's transcript says so far."""
+interruption? Pure logic over what the overlap's transcript says so far.
+
+One word that is neither a backchannel nor a cue to stop ("no", "wait", "what"…) is not
+enough to stop the agent: over a short sound Whisper's one word is as often a mishearing
+of a backchannel ("M" for "mm-hmm", "Yay" for "yeah") as a word said. It takes a cue, a
+second word, or speech that goes on past a backchannel's length (barge-in's rule)."""
 
 from __future__ import annotations
 
@@ -54,6 +59,28 @@ BACKCHANNEL_PHRASES = [
     "thank you",
 ]
 
+# Words that ask the agent to stop or repeat on their own, even said once and alone.
+INTERRUPTION_CUES = [
+    "no",
+    "nope",
+    "stop",
+    "wait",
+    "hold",
+    "hang",
+    "sorry",
+    "excuse",
+    "pardon",
+    "what",
+    "huh",
+    "actually",
+    "hey",
+    "hello",
+    "but",
+    "cancel",
+    "nah",
+    "help",
+]
+
 _WORD = re.compile(r"[a-z']+")
 # Whisper spells the same sounds many ways: "Uh-huh", "Mm-hmm", "Mmhmm", "Okay.", "OK".
 _SPELLINGS = {
@@ -77,7 +104,11 @@ class Overlap(Enum):
     """No words: a cough, a knock, noise."""
     BACKCHANNEL = "backchannel"
     UNDECIDED = "undecided"
-    """Only the start of what may be a backchannel ("I …" of "I see") heard so far."""
+    """Only the start of what may be a backchannel ("I …" of "I see") heard so far, or one
+    word that is no cue while the speech goes on."""
+    UNSURE = "unsure"
+    """It ended with one word that is neither a backchannel nor a cue: too little to
+    stop the agent for."""
     INTERRUPTION = "interruption"
 
 
@@ -91,6 +122,7 @@ def words_of(text: str) -> list[str]:
 
 
 _PHRASES = [tuple(words_of(p)) for p in BACKCHANNEL_PHRASES]
+_CUES = frozenset(INTERRUPTION_CUES)
 
 
 def _covered(words: list[str], *, partial_tail: bool) -> bool:
@@ -117,6 +149,8 @@ def classify_overlap(text: str, *, finished: bool) -> Overlap:
         return Overlap.BACKCHANNEL
     if not finished and _covered(words, partial_tail=True):
         return Overlap.UNDECIDED
+    if len(words) == 1 and words[0] not in _CUES:
+        return Overlap.UNDECIDED if not finished else Overlap.UNSURE
     return Overlap.INTERRUPTION
 
 
