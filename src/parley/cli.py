@@ -62,12 +62,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
     if args.config:
         os.environ["PARLEY_CONFIG"] = args.config
     from parley.config import load_settings
     from parley.server import create_app
+    from parley.server.draining_server import serve
     from parley.telemetry import configure_logging
 
     settings = load_settings()
@@ -80,7 +79,8 @@ def _serve(args: argparse.Namespace) -> None:
         f"(WebSocket: ws://{host}:{port}/v1/ws)",
         flush=True,
     )
-    uvicorn.run(app, host=host, port=port, ws_max_size=settings.server.ws_max_size, log_config=None)
+    # SIGTERM drains first (live calls go on until server.drain_deadline_secs).
+    serve(app, host=host, port=port, ws_max_size=settings.server.ws_max_size, log_config=None)
 
 
 def _engine_server(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

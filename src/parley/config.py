@@ -117,6 +117,11 @@ class ServerSettings(BaseModel):
     of 1.5 s; measure your machine (``make bench``) and set it from that."""
     retry_after_secs: int = Field(default=5, ge=1)
     """The ``Retry-After`` of a refusal for lack of room (and of a ``/ready`` that is not)."""
+    drain_deadline_secs: float = Field(default=30.0, ge=0)
+    """A draining process (``SIGTERM``, ``POST /v1/admin/drain``) takes no new session and
+    lets its live ones go on this long; then it closes them with 1012 (service restart),
+    which clients answer by reconnecting — through a load balancer, to another process.
+    Keep it under the orchestrator's grace period (Kubernetes: 30 s by default)."""
     reconnect_hold_secs: float = Field(default=10.0, ge=0)
     """A session whose WebSocket connection dropped (lost, not closed nor ended by the
     client) keeps its place this long, so its caller's reconnect is admitted when full."""

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -85,8 +86,14 @@ class ServerProcess:
         self._log.close()
 
     def stop(self) -> None:
-        terminate(self.proc)
+        """SIGINT: a prompt, graceful stop (SIGTERM would drain first: live sessions
+        could hold it for ``server.drain_deadline_secs``)."""
+        terminate(self.proc, signal.SIGINT)
         self._log.close()
+
+    def drain(self) -> None:
+        """SIGTERM, as an orchestrator stops a process: it drains, then exits."""
+        self.proc.send_signal(signal.SIGTERM)
 
 
 def wait_until_answers(
@@ -106,11 +113,11 @@ def wait_until_answers(
     raise TimeoutError(f"server not ready in {timeout}s; see {log_path}")
 
 
-def terminate(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it is still there after 15 s."""
+def terminate(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """``sig`` (SIGTERM), then SIGKILL if it is still there after 15 s."""
     if proc.poll() is not None:
         return
-    proc.terminate()
+    proc.send_signal(sig)
     try:
         proc.wait(timeout=15)
     except subprocess.TimeoutExpired:

@@ -8,7 +8,9 @@ import hmac
 from typing import Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request
+from pydantic import BaseModel, Field
 
+from parley.server.drain import Drain
 from parley.server.sessions_api import AUTH_RESPONSES, _bearer, authorize
 from parley.server.tokens import ADMIN, ANY_SESSION, TokenIssuer
 from parley.store import Store
@@ -55,3 +57,32 @@ async def recent_sessions(
             for s in await store.recent_sessions(limit)
         ]
     }
+
+
+class DrainRequest(BaseModel):
+    deadline_secs: float | None = Field(default=None, ge=0, le=86_400)
+    """How long live sessions may go on; default ``server.drain_deadline_secs``."""
+
+
+@router.post("/drain", status_code=202, responses=AUTH_RESPONSES)
+async def start_drain(
+    request: Request,
+    body: DrainRequest | None = None,
+    authorization: str | None = Header(default=None),
+) -> dict[str, Any]:
+    """Drain this process (admin token): no new session, live ones go on until they end
+    or the deadline, then are closed for a restart (see parley.server.drain)."""
+    authorize(request, ANY_SESSION, authorization, roles=frozenset(), admin=True)
+    drain: Drain = request.app.state.drain
+    drain.start(body.deadline_secs if body is not None else None, by="admin")
+    return drain.status()
+
+
+@router.get("/drain", responses=AUTH_RESPONSES)
+async def drain_status(
+    request: Request, authorization: str | None = Header(default=None)
+) -> dict[str, Any]:
+    """Whether this process drains, how many sessions are still live, time left."""
+    authorize(request, ANY_SESSION, authorization, roles=frozenset(), admin=True)
+    drain: Drain = request.app.state.drain
+    return drain.status()

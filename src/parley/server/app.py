@@ -25,6 +25,7 @@ from parley.orchestration.ledger import ToolLedger
 from parley.orchestration.tools import load_registry
 from parley.server.access import CreationRateLimiter
 from parley.server.admin_api import router as admin_router
+from parley.server.drain import Drain
 from parley.server.inspection import router as inspection_router
 from parley.server.metrics_api import build_telemetry
 from parley.server.metrics_api import router as metrics_router
@@ -117,6 +118,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             yield
         finally:
             retention.cancel()
+            await app.state.drain.close()
             for listener in list(app.state.listen_peers.values()):
                 await listener.close()
             if bus is not None:
@@ -139,6 +141,7 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.state.listen_peers = {}
     app.state.supervision = SupervisionHub()
     app.state.admission = Admission(app.state, settings.server)
+    app.state.drain = Drain(app, settings.server.drain_deadline_secs)
     app.state.creation_limiter = CreationRateLimiter(
         settings.server.session_create_rate, settings.server.session_create_burst
     )

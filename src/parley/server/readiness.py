@@ -54,7 +54,7 @@ router = APIRouter(tags=["health"])
 
 Probe = Callable[[], Awaitable[object]]
 """One dependency's question: returns when it answered, raises when it failed."""
-Status = Literal["ready", "not_ready", "full"]
+Status = Literal["ready", "not_ready", "full", "draining"]
 
 PROBE_SAMPLES = 8_000
 """Half a second of 16 kHz silence: the audio engines' probe input."""
@@ -179,6 +179,8 @@ class ReadinessProbe:
         status: Status = "not_ready" if not probed.ok else "ready"
         if probed.ok and live >= self.admission.max_sessions:
             status = "full"
+        if self.admission.draining:
+            status = "draining"  # whatever else holds: nobody new should be sent here
         self._log_change(status, probed)
         providers = {stage: chain.status() for stage, chain in self.chains.items()}
         return Readiness(status, probed, live, self.admission.max_sessions, providers)
@@ -317,8 +319,9 @@ def _now() -> datetime:
     responses={
         200: {"description": "ready: every dependency answered and there is room"},
         503: {
-            "description": "not_ready (a dependency failed; see checks) or full (no room "
-            "for another session); Retry-After says when to ask again"
+            "description": "not_ready (a dependency failed; see checks), full (no room "
+            "for another session) or draining (stopping: takes no new session); "
+            "Retry-After says when to ask again"
         },
     },
 )

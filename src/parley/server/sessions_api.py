@@ -16,7 +16,7 @@ from parley.server.livekit_tokens import mint_livekit_token
 from parley.server.tokens import ADMIN, MAY_MINT, ROLES, SessionToken, TokenError, TokenIssuer
 from parley.store import Store
 from parley.store.models import SessionRecord
-from parley.transports.admission import SERVER_FULL, Admission, ServerFull
+from parley.transports.admission import Admission, ServerFull
 from parley.transports.session_limits import REFUSAL_MESSAGES, refusal, session_deadline
 from parley.transports.voice_runtime import end_live_session
 
@@ -32,8 +32,8 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 FULL_RESPONSE: dict[int | str, dict[str, Any]] = {
     503: {
-        "description": "the server is full (error code server_full); Retry-After says "
-        "when to try again"
+        "description": "the server is full (error code server_full) or draining "
+        "(server_draining); Retry-After says when to try again"
     }
 }
 
@@ -45,7 +45,7 @@ def server_full_response(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServerFull)
     message = str(exc)
     return JSONResponse(
-        {"detail": message, "error": {"code": SERVER_FULL, "message": message}},
+        {"detail": message, "error": {"code": exc.code, "message": message}},
         status_code=503,
         headers={"Retry-After": str(exc.retry_after_secs)},
     )

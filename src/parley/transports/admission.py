@@ -24,18 +24,39 @@ from parley.config import ServerSettings
 
 SERVER_FULL = "server_full"
 """The error code of every refusal for lack of room (HTTP body and WebSocket event)."""
+SERVER_DRAINING = "server_draining"
+"""The error code of a refusal because this process is draining (restarting, scaling in)."""
 
 
 class ServerFull(Exception):
     """No room for another live session; ``retry_after_secs`` says when to try again."""
 
+    code = SERVER_FULL
+
     def __init__(self, live: int, max_sessions: int, retry_after_secs: int) -> None:
         self.live = live
         self.max_sessions = max_sessions
         self.retry_after_secs = retry_after_secs
-        super().__init__(
-            f"the server is at its capacity of {max_sessions} live sessions; "
-            f"try again in {retry_after_secs} s"
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        return (
+            f"the server is at its capacity of {self.max_sessions} live sessions; "
+            f"try again in {self.retry_after_secs} s"
+        )
+
+
+class ServerDraining(ServerFull):
+    """This process takes no new session: it is draining before a restart or a scale-in.
+    Answered like :class:`ServerFull` (503 + ``Retry-After``, close 4503), with its own
+    code: a load balancer or a client retries — elsewhere."""
+
+    code = SERVER_DRAINING
+
+    def _message(self) -> str:
+        return (
+            "this server is draining (restarting or scaling in) and takes no new session; "
+            f"try again in {self.retry_after_secs} s"
         )
 
 
@@ -56,6 +77,9 @@ class Admission:
         self.retry_after_secs = settings.retry_after_secs
         self.hold_secs = settings.reconnect_hold_secs
         self._clock = clock
+        self.draining = False
+        """Set by :class:`parley.server.drain.Drain`: no new session is admitted, a live
+        one's reconnect still is (it keeps its place until the drain's deadline)."""
         self._opening: Counter[str] = Counter()
         self._held: dict[str, float] = {}  # session id -> until when its place is kept
 
@@ -82,6 +106,8 @@ class Admission:
     def check_new_session(self) -> None:
         """Raise :class:`ServerFull` unless a brand-new session would fit."""
         live = self.live
+        if self.draining:
+            raise ServerDraining(live, self.max_sessions, self.retry_after_secs)
         if live >= self.max_sessions:
             raise ServerFull(live, self.max_sessions, self.retry_after_secs)
 
@@ -89,6 +115,8 @@ class Admission:
         """Raise :class:`ServerFull` unless a connection for ``session_id`` may open: it
         already holds a place (a reconnect), or there is room for one more."""
         ids = self.live_ids()
+        if session_id not in ids and self.draining:
+            raise ServerDraining(len(ids), self.max_sessions, self.retry_after_secs)
         if session_id not in ids and len(ids) >= self.max_sessions:
             raise ServerFull(len(ids), self.max_sessions, self.retry_after_secs)
 

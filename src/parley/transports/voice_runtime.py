@@ -229,6 +229,31 @@ async def end_live_session(app: Any, session_id: str, message: str) -> bool:
     return True
 
 
+SERVER_RESTARTING = "server_restarting"
+RESTART_MESSAGE = "the server is restarting; reconnect to resume the conversation"
+CLOSE_SERVICE_RESTART = 1012
+"""RFC 6455's "service restart": the session is intact, a reconnect resumes it."""
+
+
+def live_session_ids(app: Any) -> list[str]:
+    """The sessions with a live voice connection in this process now."""
+    return [sid for sid, slot in _slots(app).items() if slot.live is not None]
+
+
+def restart_live_session(app: Any, session_id: str) -> bool:
+    """Close the session's live connection for a restart (a drain reached its deadline):
+    an ``error`` ``server_restarting``, then the transport's close (1012 on the WebSocket).
+    The session is not ended: its caller reconnects and resumes it, on another process
+    behind a load balancer. False when none was live."""
+    slot = _slots(app).get(session_id)
+    live = slot.live if slot is not None else None
+    if live is None or live.closing or live.expired is not None:
+        return False
+    live.session.sink.send_event(event("error", code=SERVER_RESTARTING, message=RESTART_MESSAGE))
+    live._expire("server_shutdown", CLOSE_SERVICE_RESTART)
+    return True
+
+
 def _slots(app: Any) -> dict[str, _Slot]:
     # Per-app state kept here, made on first use, so the app factory need not know it.
     slots: dict[str, _Slot] | None = getattr(app.state, "voice_slots", None)

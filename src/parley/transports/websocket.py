@@ -20,7 +20,9 @@ The protocol is documented in docs/websocket-protocol.md. How a connection ends:
 * 4408: the session sat idle too long (``idle_timeout``) and was ended;
 * 4429: the client kept sending audio faster than real time (``audio_too_fast``);
 * 4503: refused before the session opened: the server is full (``server_full``, see
-  :mod:`parley.transports.admission`); try again later;
+  :mod:`parley.transports.admission`) or draining (``server_draining``); try again later;
+* 1012: the server is restarting (a drain reached its deadline, after an ``error`` event
+  ``server_restarting``): reconnect, and the session resumes where it was;
 * 4409: a newer connection (WebSocket or WebRTC) took the session over, after an
   ``error`` event ``session_taken_over``.
 """
@@ -37,7 +39,7 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from parley.config import Settings
 from parley.telemetry import get_logger
-from parley.transports.admission import SERVER_FULL, Admission, ServerFull
+from parley.transports.admission import Admission, ServerFull
 from parley.transports.control import apply_control
 from parley.transports.outbound import OutboundFinished, OutboundOverflow, OutboundQueue
 from parley.transports.session_limits import (
@@ -46,7 +48,11 @@ from parley.transports.session_limits import (
     REFUSAL_MESSAGES,
     refusal,
 )
-from parley.transports.voice_runtime import open_voice_session, taken_over_event
+from parley.transports.voice_runtime import (
+    CLOSE_SERVICE_RESTART,
+    open_voice_session,
+    taken_over_event,
+)
 from parley.voice.events import Event, event
 from parley.voice.session import AudioTooFast, SessionOverloaded, VoiceSession
 
@@ -104,7 +110,7 @@ async def voice_socket(websocket: WebSocket, token: str | None = None) -> None:
         with admission.opening(session_id):
             live = await open_voice_session(app, session_id, outbound, on_taken_over, "websocket")
     except ServerFull as exc:
-        await _refuse(websocket, CLOSE_SERVER_FULL, SERVER_FULL, str(exc))
+        await _refuse(websocket, CLOSE_SERVER_FULL, exc.code, str(exc))
         return
     except Exception as exc:
         log.error("could not open the session", error=repr(exc), exc_info=exc)
@@ -165,6 +171,7 @@ def _end_reason(ending: tuple[int, Event | None] | None) -> str:
     return {
         CLOSE_NORMAL: "client_ended",
         CLOSE_TAKEN_OVER: "taken_over",
+        CLOSE_SERVICE_RESTART: "server_shutdown",
         CLOSE_IDLE: "idle_timeout",
         CLOSE_EXPIRED: "session_expired",
         CLOSE_AUDIO_TOO_FAST: "audio_too_fast",
@@ -174,8 +181,10 @@ def _end_reason(ending: tuple[int, Event | None] | None) -> str:
 def _dropped(receiver: asyncio.Task[str] | None, ending: tuple[int, Event | None] | None) -> bool:
     """Whether the caller may well come back: the connection was lost or failed, rather
     than the client ending the session (``end``) or closing its socket, or a newer
-    connection taking the session over."""
+    connection taking the session over. A caller closed for a restart comes back too, but
+    to another process: no place is kept here."""
     if ending is not None and ending[0] in (
+        CLOSE_SERVICE_RESTART,
         CLOSE_TAKEN_OVER,
         CLOSE_IDLE,
         CLOSE_EXPIRED,

@@ -146,6 +146,12 @@ function onServerEvent(message) {
         banner("This session was opened in another tab or window — press Start to take it back.", "info");
         break;
       }
+      if (message.code === "server_restarting") {
+        // A draining server closes the connection next; the session is intact and the
+        // reconnect (through the load balancer) resumes it on another process.
+        banner("The server is restarting — reconnecting…", "info");
+        break;
+      }
       banner(`Server: ${message.message}`);
       break;
   }
