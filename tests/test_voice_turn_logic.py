@@ -213,7 +213,7 @@ async def test_a_short_sound_over_the_agent_never_interrupts_whatever_its_words(
     """Regression (a fresh clone's `make test`: a 0.3 s "hm" stopped the agent, Whisper
     heard "Take it."): the segmenter counts the silence after a sound as speech until it
     ends the segment, so a 0.29 s sound lasted past ``min_duration`` (0.4 s) for barge-in
-    and its invented words were believed. Only speech the VAD is sure of counts now."""
+    and its invented words were believed. The silence after the sound no longer counts."""
     h = Harness(monkeypatch, tmp_path)
     h.settings.interruption.min_duration = 0.4
     h.settings.interruption.first_check_secs = 0.0

@@ -33,7 +33,7 @@ class BargeIn(SessionCore):
         cfg = self.settings.interruption
         seg.speech_secs = speech_secs
         if seg.stop_words is not None:
-            if seg.voiced_secs >= cfg.min_duration and seg.check is None:
+            if seg.speech_secs >= cfg.min_duration and seg.check is None:
                 self._barge_in(
                     reason="speech", words=len(seg.stop_words.split()), heard_over=seg.stop_words
                 )
@@ -54,7 +54,7 @@ class BargeIn(SessionCore):
         cfg = self.settings.interruption
         # Shorter speech never interrupts: on a hum or a click of a few hundred ms Whisper
         # invents words ("Hey, Cap.", "Take it.").
-        if cfg.enabled and seg.voiced_secs >= cfg.min_duration:
+        if cfg.enabled and seg.speech_secs >= cfg.min_duration:
             seg.check = self._spawn(self._check_barge_in(seg))
         else:
             self._overlap_settled(seg, Overlap.NOTHING, "")
@@ -95,13 +95,12 @@ class BargeIn(SessionCore):
             log.debug(
                 "overlap check",
                 speech_secs=round(seg.speech_secs, 2),
-                voiced_secs=round(seg.voiced_secs, 2),
                 echo_similarity=round(seg.echo_similarity, 2),
                 text=text,
                 verdict=verdict.value,
             )
             stop = verdict is Overlap.INTERRUPTION or (verdict is not Overlap.NOTHING and long)
-            if stop and seg.voiced_secs >= cfg.min_duration:
+            if stop and seg.speech_secs >= cfg.min_duration:
                 seg.check = None
                 self._barge_in(reason="speech", words=len(text.split()), heard_over=text)
                 return True

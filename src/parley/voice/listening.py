@@ -48,13 +48,8 @@ class Listening(SessionCore):
         now = self._now()
         if edge is SpeechEdge.STARTED:
             self._on_speech_started(list(self._recent), window)
-            if self._segment is not None:
-                # The windows that started it were all over the threshold.
-                self._segment.voiced_secs = self._segmenter.speech_secs
         elif self._segment is not None:
             self._segment.audio.append(window)
-            if probability >= self.settings.vad.threshold:
-                self._segment.voiced_secs += self._window_secs
         if self._turn is not None:
             self._turn.audio.append(window)
         self._recent.append(window)
@@ -88,8 +83,9 @@ class Listening(SessionCore):
         speech = self._segmenter.speech_secs
         silence = self._segmenter.trailing_silence_secs
         if seg.overlap:
-            # The segmenter counts a trailing silence as speech until it ends the segment:
-            # a 0.3 s hum must not last 0.45 s for barge-in.
+            # The segmenter counts a trailing silence as speech until it ends the segment
+            # (then takes it back): a 0.3 s hum must not last 0.45 s for barge-in. A
+            # pause *inside* the speech ("No, | that's…") counts once the speech resumes.
             self._overlap_continues(seg, speech - silence)
             return
         if silence == 0.0 and seg.early is not None:

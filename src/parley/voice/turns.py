@@ -25,12 +25,8 @@ class Segment:
     check: asyncio.Task[bool] | None = None
     last_check_secs: float = 0.0
     speech_secs: float = 0.0
-    """How long the speech has lasted, without the silence that trails it (kept for
-    overlaps: barge-in schedules its checks by it)."""
-    voiced_secs: float = 0.0
-    """How much of it the VAD is sure is speech (probability at its threshold or more):
-    what barge-in's ``min_duration`` is held against. Never more than the sound lasted,
-    unlike ``speech_secs`` while the VAD's hysteresis and hangover still count as speech."""
+    """How long the speech has lasted, never counting the silence that trails it (kept
+    for overlaps: barge-in's checks and ``min_duration`` go by it)."""
     echo: bool = False
     """An overlap that sounds like the agent's own voice played back."""
     echo_similarity: float = 0.0
