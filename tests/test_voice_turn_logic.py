@@ -230,6 +230,39 @@ async def test_a_short_sound_over_the_agent_never_interrupts_whatever_its_words(
         await h.session.close()
 
 
+@pytest.mark.parametrize(("pause", "joined"), [(6, True), (25, False)])
+async def test_short_stretches_of_one_utterance_over_the_agent_are_judged_and_kept_whole(
+    monkeypatch: Any, tmp_path: Any, pause: int, joined: bool
+) -> None:
+    """Regression (CI: "Wait, | stop, | I have another question" became the turn "I have
+    another question"): each stretch between the caller's comma pauses was shorter than
+    ``min_duration``, so "Wait" and "stop" were each let go as too short and only the
+    last stretch interrupted and became the turn. Stretches a short pause apart (here
+    0.19 s) are one utterance; a long pause (0.8 s) still separates them."""
+    h = Harness(monkeypatch, tmp_path)
+    h.settings.interruption.min_duration = 0.4
+    await h.session.start()
+    try:
+        await h.agent_speaking()
+        for level in (1, 4):  # "no wait", "please": 0.29 s each, a pause after each
+            await h.feed(level, 9)
+            await h.feed(0, pause)
+            await until(lambda: not h.session._overlaps)
+        if not joined:
+            assert not h.sink.of("turn.interrupted")
+            await h.feed(2, 14)  # "the other day", long enough on its own
+            await h.feed(0, 12)
+        await until(lambda: len(h.sink.of("turn.ended")) == 2)
+        (cut,) = h.sink.of("turn.interrupted")
+        expected = "no wait please" if joined else "the other day"
+        assert cut["caller_text"] == expected
+        assert h.sink.of("turn.ended")[1]["text"] == expected
+        kinds = [e["kind"] for e in h.sink.of("overlap.ignored")]
+        assert kinds == (["short"] if joined else ["short", "short"])
+    finally:
+        await h.session.close()
+
+
 async def test_a_new_endpointing_decision_cancels_the_old_one(harness: Harness) -> None:
     """Regression: a segment that ended after another replaced the endpointing task
     without cancelling it, so the turn could be confirmed (and stored) twice."""

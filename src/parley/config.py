@@ -260,6 +260,10 @@ class InterruptionSettings(BaseModel):
     to stop then waits for ``min_duration``); then every ``check_interval`` while it goes
     on, and once more when it ends."""
     check_interval: float = Field(default=0.1, gt=0)
+    join_pause_secs: float = Field(default=0.5, ge=0)
+    """Stretches of speech over the agent with a shorter pause between them (last speech
+    to next onset: a comma, a breath) are one utterance, judged and kept whole: "Wait, |
+    stop, | I have a question" interrupts as a whole and all of it becomes the turn."""
     max_backchannel_secs: float = Field(default=1.0, gt=0)
     """Speech with words that lasts longer than this interrupts, whatever its words."""
     min_avg_logprob: float = Field(default=-2.0, le=0)

@@ -25,13 +25,34 @@ log = get_logger(__name__)
 class BargeIn(SessionCore):
     def _overlap_started(self, seg: Segment) -> None:
         """Speech began over a confirmed reply."""
+        # Judged on its own first window: a caller's words in front would hide an echo.
         seg.echo = self._sounds_like_echo(seg)
+        self._join_tail(seg)  # an echo at onset is judged again, with more audio, later
         if not seg.echo and self.settings.interruption.enabled:
             self._set_agent_gain(self.settings.interruption.duck_gain)
 
+    def _join_tail(self, seg: Segment) -> None:
+        """``seg`` carries the last overlap that was let go if it follows it closely: the
+        caller's "Wait, | stop, | I have…" is one utterance, judged and kept whole. Each
+        stretch alone is shorter than ``min_duration`` and would be dropped."""
+        tail, self._overlap_tail = self._overlap_tail, None
+        gap = self.settings.interruption.join_pause_secs
+        if tail is not None and seg.onset_secs - tail.ended_secs <= gap:
+            self._carry(tail, seg)
+
+    @staticmethod
+    def _carry(tail: Segment, seg: Segment) -> None:
+        """Put ``tail``'s audio and speech in front of the later ``seg``'s."""
+        shared = max(0, tail.last_window - seg.first_window + 1)  # seg's pre-roll is in both
+        seg.audio[:shared] = tail.audio
+        seg.first_window = tail.first_window
+        seg.onset_secs = tail.onset_secs
+        seg.carried_secs += tail.speech_secs
+        seg.speech_secs += tail.speech_secs
+
     def _overlap_continues(self, seg: Segment, speech_secs: float) -> None:
         cfg = self.settings.interruption
-        seg.speech_secs = speech_secs
+        seg.speech_secs = seg.carried_secs + speech_secs
         if seg.stop_words is not None:
             if seg.speech_secs >= cfg.min_duration and seg.check is None:
                 self._barge_in(
@@ -48,7 +69,7 @@ class BargeIn(SessionCore):
             seg.check = self._spawn(self._check_barge_in(seg))
 
     def _overlap_stopped(self, seg: Segment, speech_secs: float) -> None:
-        seg.speech_secs = speech_secs
+        seg.speech_secs = seg.carried_secs + speech_secs
         if seg.check is not None:
             return  # the running check sees that it stopped and judges it whole
         cfg = self.settings.interruption
@@ -57,7 +78,7 @@ class BargeIn(SessionCore):
         if cfg.enabled and seg.speech_secs >= cfg.min_duration:
             seg.check = self._spawn(self._check_barge_in(seg))
         else:
-            self._overlap_settled(seg, Overlap.NOTHING, "")
+            self._overlap_settled(seg, Overlap.NOTHING, "", short=cfg.enabled)
 
     def _sounds_like_echo(self, seg: Segment) -> bool:
         reply = self._reply
@@ -84,6 +105,7 @@ class BargeIn(SessionCore):
                 except EngineError:
                     result = None
                 text = "" if result is None else self._sure_words(result)
+                seg.words = text
             reply = self._reply
             if reply is None or not reply.confirmed or not seg.overlap:
                 seg.check = None
@@ -127,11 +149,18 @@ class BargeIn(SessionCore):
             return ""
         return result.text
 
-    def _overlap_settled(self, seg: Segment, verdict: Overlap, text: str) -> None:
-        """``seg`` was no interruption: the agent goes on at full volume."""
+    def _overlap_settled(
+        self, seg: Segment, verdict: Overlap, text: str, *, short: bool = False
+    ) -> None:
+        """``seg`` was no interruption: the agent goes on at full volume. ``short``: it
+        was shorter than ``min_duration``, too short to be judged by its words."""
         if seg in self._overlaps:
             self._overlaps.remove(seg)
-        kind = "echo" if seg.echo else verdict.value
+        if seg.overlap and seg.stopped and not seg.echo and (seg.words or seg.stop_words):
+            self._keep_tail(seg)
+        # Words that would have stopped the agent, in speech too short to believe them.
+        short = short or verdict is Overlap.INTERRUPTION
+        kind = "echo" if seg.echo else "short" if short else verdict.value
         if seg.overlap and self._reply is not None:
             log.info("overlap ignored", kind=kind)
             self.sink.send_event(event("overlap.ignored", kind=kind, text=text))
@@ -141,6 +170,16 @@ class BargeIn(SessionCore):
                 )
         if not any(s.check is not None or not s.stopped for s in self._overlaps):
             self._set_agent_gain(1.0)
+
+    def _keep_tail(self, seg: Segment) -> None:
+        """Words let go may begin an utterance: the next stretch, if it follows closely,
+        carries them — one begun while ``seg`` was being judged at once, a later one when
+        it starts."""
+        later = next((s for s in self._overlaps if s.first_window > seg.first_window), None)
+        if later is None:
+            self._overlap_tail = seg
+        elif later.onset_secs - seg.ended_secs <= self.settings.interruption.join_pause_secs:
+            self._carry(seg, later)
 
     def _set_agent_gain(self, gain: float) -> None:
         """Duck (gain < 1) or restore the agent's voice."""

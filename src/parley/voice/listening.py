@@ -46,6 +46,7 @@ class Listening(SessionCore):
         probability = await self._vad.probability(window)
         edge = self._segmenter.update(probability)
         now = self._now()
+        self._window_count += 1
         if edge is SpeechEdge.STARTED:
             self._on_speech_started(list(self._recent), window)
         elif self._segment is not None:
@@ -67,14 +68,24 @@ class Listening(SessionCore):
         self._segment_count += 1
         reply = self._reply
         overlap = reply is not None and reply.confirmed
-        self._segment = Segment(self._segment_count, [*preroll, window], overlap=overlap)
+        self._segment = Segment(
+            self._segment_count,
+            [*preroll, window],
+            overlap=overlap,
+            onset_secs=self._window_count * self._window_secs - self._segmenter.speech_secs,
+            first_window=self._window_count - len(preroll),
+        )
         if overlap:
             self._overlaps.append(self._segment)
             self._overlap_started(self._segment)
             return
         if reply is not None:
             self._discard_reply(reply)  # preemptive work on a turn that is not over
-        self._ensure_turn(preroll)  # this window joins the turn's audio with every other
+        if self._turn is None:
+            # Words the agent talked on over, as it finished, begin this turn.
+            self._join_tail(self._segment)
+        # The turn's audio: the segment's so far; this window joins it with every other.
+        self._ensure_turn(self._segment.audio[:-1])
 
     def _during_speech(self) -> None:
         seg = self._segment
@@ -119,6 +130,10 @@ class Listening(SessionCore):
             return
         seg.stopped = True
         seg.stopped_at = last_speech_at
+        seg.last_window = self._window_count
+        seg.ended_secs = (
+            self._window_count * self._window_secs - self._segmenter.trailing_silence_secs
+        )
         if seg.overlap:
             self._overlap_stopped(seg, self._segmenter.speech_secs)
             return

@@ -67,9 +67,14 @@ class SessionCore:
         self._inbound: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1_000)
         self._segment: Segment | None = None
         self._segment_count = 0
+        self._window_count = 0
+        """VAD windows processed: segments say by it which audio they hold."""
         self._overlaps: list[Segment] = []
         """Segments begun while a confirmed reply was active whose fate is open: the
         current one, and stopped ones whose barge-in check is still running."""
+        self._overlap_tail: Segment | None = None
+        """The last overlap with words that was judged no interruption: speech over the
+        agent that resumes soon after it carries it (``interruption.join_pause_secs``)."""
         self._turn: UserTurn | None = None
         self._turn_count = 0
         """Confirmed turns (restored ones included): the last turn number given out."""
@@ -169,6 +174,9 @@ class SessionCore:
         raise NotImplementedError
 
     def _overlap_stopped(self, seg: Segment, speech_secs: float) -> None:
+        raise NotImplementedError
+
+    def _join_tail(self, seg: Segment) -> None:
         raise NotImplementedError
 
     def _barge_in(self, *, reason: str, words: int = 0, heard_over: str = "") -> None:

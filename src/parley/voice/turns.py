@@ -32,6 +32,19 @@ class Segment:
     echo_similarity: float = 0.0
     stop_words: str | None = None
     """An overlap whose words say "stop", heard before it lasted ``min_duration``."""
+    words: str = ""
+    """An overlap's words as its last barge-in check heard them."""
+    carried_secs: float = 0.0
+    """Speech of earlier stretches of the same utterance over the agent that this one
+    carries (its audio starts with theirs): "Wait, | stop, | I have…" is judged whole."""
+    onset_secs: float = 0.0
+    """Audio time (the session's inbound audio, from its start) of the speech's onset."""
+    ended_secs: float = 0.0
+    """Audio time of its last speech (set when it stops)."""
+    first_window: int = 0
+    """Index (in the session's window count) of the first window of ``audio``."""
+    last_window: int = 0
+    """Index of the window that ended it (set when it stops)."""
     stopped: bool = False
     stopped_at: float = 0.0
     """Loop time of the segment's last speech (set when it stops)."""
