@@ -19,10 +19,10 @@ run: install
 test: install system-deps postgres redis
 	$(BIN)/python -m pytest -q
 
-# Unit tests only: no server process, no models, no espeak-ng, no PostgreSQL (the
-# `postgres` and `models` markers are set in tests/conftest.py).
+# Unit tests only: no server process, no models, no espeak-ng, no PostgreSQL, no Redis
+# (the `postgres` and `models` markers are set in tests/conftest.py).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not e2e and not postgres and not models"
+	$(BIN)/python -m pytest -q -m "not e2e and not postgres and not models and not redis"
 
 bench: install system-deps
 	$(BIN)/python bench/voice_to_voice.py

@@ -1,4 +1,5 @@
-"""``parley serve``, ``parley call``, ``parley inspect`` and ``parley engine-server``."""
+"""``parley serve``, ``parley worker``, ``parley control``, ``parley call``, ``parley
+inspect`` and ``parley engine-server``."""
 
 from __future__ import annotations
 
@@ -18,6 +19,24 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--config", help="agent file (default ./parley.toml)")
+
+    worker = sub.add_parser(
+        "worker",
+        help="serve as a worker of a fleet: as serve, announced in the worker registry "
+        "(fleet.redis_url)",
+    )
+    worker.add_argument("--host")
+    worker.add_argument("--port", type=int)
+    worker.add_argument("--config", help="agent file (default ./parley.toml)")
+
+    control = sub.add_parser(
+        "control",
+        help="the control plane of a fleet: sessions, tokens, the page; each session is "
+        "dispatched to a worker of the registry (fleet.redis_url)",
+    )
+    control.add_argument("--host")
+    control.add_argument("--port", type=int)
+    control.add_argument("--config", help="agent file (default ./parley.toml)")
 
     call = sub.add_parser("call", help="stream a WAV file to a server in real time")
     call.add_argument("wav", type=Path)
@@ -48,8 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     engines.add_argument("--config", help="agent file for the engines' settings")
 
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        _serve(args)
+    if args.command in ("serve", "worker", "control"):
+        _serve(args, role=args.command)
     elif args.command == "engine-server":
         _engine_server(parser, args)
     elif args.command == "inspect":
@@ -61,24 +80,39 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(asyncio.run(_call(args)))
 
 
-def _serve(args: argparse.Namespace) -> None:
+def _serve(args: argparse.Namespace, *, role: str = "serve") -> None:
     if args.config:
         os.environ["PARLEY_CONFIG"] = args.config
     from parley.config import load_settings
     from parley.server import create_app
     from parley.server.draining_server import serve
+    from parley.server.fleet_worker import WorkerIdentity
     from parley.telemetry import configure_logging
 
     settings = load_settings()
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
+    if role != "serve" and settings.fleet.redis_url is None:
+        sys.exit(
+            f"parley {role}: set fleet.redis_url (PARLEY_FLEET__REDIS_URL), the Redis of "
+            "the worker registry"
+        )
+    if role != "serve" and settings.server.token_secret is None:
+        sys.exit(
+            f"parley {role}: set server.token_secret (PARLEY_SERVER__TOKEN_SECRET), the "
+            "same on the control plane and every worker: workers verify its tokens"
+        )
     configure_logging(settings.log_level, settings.log_redact)
-    app = create_app(settings)
-    print(
-        f"Parley: loading engines; then open http://{host}:{port}/ in a browser to talk "
-        f"(WebSocket: ws://{host}:{port}/v1/ws)",
-        flush=True,
-    )
+    identity = WorkerIdentity.for_server(settings, host, port) if role == "worker" else None
+    app = create_app(settings, worker=identity, control=role == "control")
+    if role == "control":
+        print(f"Parley control plane: http://{host}:{port}/", flush=True)
+    else:
+        print(
+            f"Parley: loading engines; then open http://{host}:{port}/ in a browser to talk "
+            f"(WebSocket: ws://{host}:{port}/v1/ws)",
+            flush=True,
+        )
     # SIGTERM drains first (live calls go on until server.drain_deadline_secs).
     serve(app, host=host, port=port, ws_max_size=settings.server.ws_max_size, log_config=None)
 

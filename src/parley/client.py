@@ -81,6 +81,7 @@ class CallClient:
 
     async def __aenter__(self) -> CallClient:
         subprotocols: list[Subprotocol] | None = None
+        url = self.url
         if "token=" not in self.url:
             self.session = await create_session(self.url, consent=self.consent or {})
             # The token travels as a subprotocol, not in the URL: proxies log URLs.
@@ -88,7 +89,11 @@ class CallClient:
                 Subprotocol("parley"),
                 Subprotocol(f"parley.token.{self.session['token']}"),
             ]
-        self._ws = await connect(self.url, max_size=2**22, subprotocols=subprotocols)
+            given = str(self.session.get("websocket_url", ""))
+            if given.startswith(("ws://", "wss://")):
+                # A control plane's answer: the session lives on the worker it names.
+                url = given.split("?", 1)[0]
+        self._ws = await connect(url, max_size=2**22, subprotocols=subprotocols)
         self._tasks = [
             asyncio.create_task(self._read_loop()),
             asyncio.create_task(self._mic_loop()),

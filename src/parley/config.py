@@ -362,6 +362,29 @@ class HandoffSettings(BaseModel):
     ``redis://127.0.0.1:6379/0``. Unset: a supervisor sees this process's sessions only."""
 
 
+class FleetSettings(BaseModel):
+    """A fleet (docs/scaling.md): workers (``parley worker``) announce themselves in a
+    registry in Redis, and a control plane (``parley control``) sends sessions to them."""
+
+    redis_url: SecretStr | None = None
+    """The worker registry's Redis: ``redis://127.0.0.1:6379/0`` (``parley worker`` and
+    ``parley control`` need it)."""
+    worker_id: str | None = None
+    """This worker's name in the registry; unset: ``<hostname>-<port>``."""
+    public_url: str | None = None
+    """The base URL clients reach this worker at (``http://10.0.0.5:8000``); unset:
+    ``http://<server.host>:<port>``."""
+    heartbeat_secs: float = Field(default=1.0, gt=0, le=30)
+    expiry_secs: float = Field(default=3.0, gt=0, le=120)
+    """An announcement lasts this long: a worker silent for it is gone from the fleet."""
+
+    @model_validator(mode="after")
+    def _expiry_outlasts_beats(self) -> FleetSettings:
+        if self.expiry_secs <= self.heartbeat_secs:
+            raise ValueError("fleet.expiry_secs must be longer than fleet.heartbeat_secs")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PARLEY_",
@@ -383,6 +406,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = TelemetrySettings()
     telephony: TelephonySettings = TelephonySettings()
     handoff: HandoffSettings = HandoffSettings()
+    fleet: FleetSettings = FleetSettings()
     tools: list[WebhookToolSettings] = Field(default_factory=list)
     """Webhook tools (``[[tools]]`` tables in the agent file)."""
     log_level: str = "INFO"

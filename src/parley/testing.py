@@ -46,10 +46,16 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``parley serve`` in a child process, on a free port, logging to ``log_path``."""
+    """``parley serve`` (or ``command``: ``worker``) in a child process, on a free port,
+    logging to ``log_path``."""
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, cwd: Path | None = None, port: int | None = None
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        cwd: Path | None = None,
+        port: int | None = None,
+        command: str = "serve",
     ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
@@ -57,7 +63,7 @@ class ServerProcess:
         full_env = {**os.environ, **env, "PARLEY_SERVER__PORT": str(self.port)}
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "parley", "serve"],
+            [sys.executable, "-m", "parley", command],
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -94,6 +100,41 @@ class ServerProcess:
     def drain(self) -> None:
         """SIGTERM, as an orchestrator stops a process: it drains, then exits."""
         self.proc.send_signal(signal.SIGTERM)
+
+
+class RedisServer:
+    """A ``redis-server`` of a test's own on a free port (no persistence): to stop and
+    start again on the same port, as when Redis goes down and comes back."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
 
 
 def wait_until_answers(

@@ -91,8 +91,9 @@ class WebRTCCallClient(CallClient):
         await pc.setLocalDescription(await pc.createOffer())
         assert pc.localDescription is not None
         async with httpx.AsyncClient(base_url=base, timeout=20) as http:
+            # A path on this server, or (a control plane's answer) absolute on a worker.
             response = await http.post(
-                f"/v1/sessions/{self.session['session_id']}/webrtc",
+                self.session["webrtc_offer_url"],
                 json={"sdp": pc.localDescription.sdp, "type": "offer"},
                 headers={"Authorization": f"Bearer {self.session['token']}"},
             )

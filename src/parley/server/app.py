@@ -26,6 +26,7 @@ from parley.orchestration.tools import load_registry
 from parley.server.access import CreationRateLimiter
 from parley.server.admin_api import router as admin_router
 from parley.server.drain import Drain
+from parley.server.fleet_worker import WorkerIdentity, start_heartbeat
 from parley.server.inspection import router as inspection_router
 from parley.server.metrics_api import build_telemetry
 from parley.server.metrics_api import router as metrics_router
@@ -45,6 +46,7 @@ from parley.transports.supervision import SupervisionHub
 from parley.transports.supervision_bus import RedisSupervisionBus
 from parley.transports.twilio_media import router as twilio_media_router
 from parley.transports.websocket import router as websocket_router
+from parley.transports.worker_registry import FleetFull, RegistryUnavailable, WorkerRegistry
 from parley.voice.phrases import CannedPhrases
 
 log = get_logger(__name__)
@@ -70,8 +72,16 @@ async def _enforce_retention(store: Store, settings: Settings) -> None:
         await asyncio.sleep(RETENTION_PERIOD_SECS)
 
 
-def create_app(settings: Settings | None = None, engines: Engines | None = None) -> FastAPI:
-    """The app. Pass ``engines`` to share already-loaded models (tests, embedding)."""
+def create_app(
+    settings: Settings | None = None,
+    engines: Engines | None = None,
+    worker: WorkerIdentity | None = None,
+    control: bool = False,
+) -> FastAPI:
+    """The app. Pass ``engines`` to share already-loaded models (tests, embedding);
+    ``worker``: announce this process in the worker registry (``parley worker``);
+    ``control``: the control plane of a fleet (``parley control``): no engines and no
+    voice endpoints, sessions dispatched to the workers of the registry."""
     settings = settings or load_settings()
 
     @asynccontextmanager
@@ -83,8 +93,11 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
         )
         app.state.store = Store(database, redact=redact)
         retention = asyncio.create_task(_enforce_retention(app.state.store, settings))
-        owned = engines is None
-        app.state.engines = engines if engines is not None else await load_engines(settings)
+        owned = engines is None and not control
+        if control:
+            app.state.engines = None  # the workers talk; the control plane dispatches
+        else:
+            app.state.engines = engines if engines is not None else await load_engines(settings)
         app.state.readiness = ReadinessProbe.for_app(app.state)
         tts = getattr(app.state.engines, "tts", None)  # absent for an HTTP-only app
         app.state.phrases = (
@@ -114,10 +127,14 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
             hub = app.state.supervision
             url = settings.handoff.redis_url.get_secret_value()  # may hold a password
             bus = await RedisSupervisionBus.connect(url, hub)
+        # Announced once its engines are loaded: a worker is chosen only when it can talk.
+        heartbeat = start_heartbeat(app.state, settings, worker) if worker is not None else None
         try:
             yield
         finally:
             retention.cancel()
+            if heartbeat is not None and worker is not None:
+                await heartbeat.stop(worker.worker_id)  # out of the fleet at once
             await app.state.drain.close()
             for listener in list(app.state.listen_peers.values()):
                 await listener.close()
@@ -130,6 +147,8 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
                 await peer.close("server shutting down", end="server_shutdown")
             if owned:
                 await app.state.engines.close()
+            if app.state.registry is not None:
+                await app.state.registry.close()
             await database.close()
             # Sends the traces still batched (a turn that ended just before shutdown).
             await asyncio.to_thread(app.state.telemetry.tracer.shutdown)
@@ -149,16 +168,27 @@ def create_app(settings: Settings | None = None, engines: Engines | None = None)
     app.state.instance_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     secret = settings.server.token_secret
     app.state.tokens = TokenIssuer(
-        secret.get_secret_value() if secret else None, settings.server.token_ttl_secs
+        secret.get_secret_value() if secret else None,
+        settings.server.token_ttl_secs,
+        worker_id=worker.worker_id if worker is not None else None,
     )
+    app.state.registry = None
+    if control:
+        fleet = settings.fleet
+        assert fleet.redis_url is not None, "parley control needs fleet.redis_url"
+        app.state.registry = WorkerRegistry.from_url(
+            fleet.redis_url.get_secret_value(), expiry_secs=fleet.expiry_secs
+        )
     app.include_router(sessions_router)
     app.include_router(turns_router)
-    app.include_router(websocket_router)
-    app.include_router(telephony_router)
-    app.include_router(twilio_media_router)
-    app.include_router(webrtc_router)
+    if not control:
+        app.include_router(websocket_router)
+        app.include_router(telephony_router)
+        app.include_router(twilio_media_router)
+        app.include_router(webrtc_router)
     app.include_router(readiness_router)
-    app.add_exception_handler(ServerFull, server_full_response)
+    for unavailable in (ServerFull, FleetFull, RegistryUnavailable):
+        app.add_exception_handler(unavailable, server_full_response)
     app.include_router(metrics_router)
     app.include_router(admin_router)
     app.include_router(inspection_router)

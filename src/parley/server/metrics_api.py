@@ -29,7 +29,7 @@ def engine_names(settings: Settings) -> EngineNames:
 
 
 def build_telemetry(
-    engines: Engines, settings: Settings, orchestrator: Orchestrator | None = None
+    engines: Engines | None, settings: Settings, orchestrator: Orchestrator | None = None
 ) -> Telemetry:
     """The app's metrics and tracer (``telemetry.*`` settings)."""
     t = settings.telemetry
@@ -38,7 +38,7 @@ def build_telemetry(
 
 
 def build_metrics(
-    engines: Engines, settings: Settings, orchestrator: Orchestrator | None = None
+    engines: Engines | None, settings: Settings, orchestrator: Orchestrator | None = None
 ) -> VoiceMetrics:
     """The app's metrics, with gauges read from ``engines`` at each scrape."""
     metrics = VoiceMetrics(engine_names(settings))
@@ -50,6 +50,8 @@ def build_metrics(
         return [view(lane) for lane in live_lanes()]
 
     def tts_workers() -> int | None:
+        if engines is None:  # a control plane
+            return None
         counts = [getattr(e, "running", None) for e in stage_engines(engines.tts)]
         running = [n for n in counts if isinstance(n, int)]
         return sum(running) if running else None

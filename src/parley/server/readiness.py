@@ -158,7 +158,11 @@ class ReadinessProbe:
         store: Store = state.store
         timeout = settings.server.readiness_timeout_secs
         probes: dict[str, Probe] = {"database": store.db.ping}
-        probes.update(engine_probes(state.engines, timeout))
+        if state.engines is not None:  # a control plane has none
+            probes.update(engine_probes(state.engines, timeout))
+        registry = getattr(state, "registry", None)
+        if registry is not None:  # a control plane: Redis answers (the fleet may be full)
+            probes["worker_registry"] = registry.workers
         secrets = list(_secret_values(settings))
         password = make_url(store.db.url).password
         if password:

@@ -13,12 +13,26 @@ from pydantic import BaseModel, Field
 
 from parley.server.access import limit_creation, require_api_key
 from parley.server.livekit_tokens import mint_livekit_token
-from parley.server.tokens import ADMIN, MAY_MINT, ROLES, SessionToken, TokenError, TokenIssuer
+from parley.server.tokens import (
+    ADMIN,
+    MAY_MINT,
+    ROLES,
+    Role,
+    SessionToken,
+    TokenError,
+    TokenIssuer,
+)
 from parley.store import Store
 from parley.store.models import SessionRecord
 from parley.transports.admission import Admission, ServerFull
 from parley.transports.session_limits import REFUSAL_MESSAGES, refusal, session_deadline
 from parley.transports.voice_runtime import end_live_session
+from parley.transports.worker_registry import (
+    FleetFull,
+    RegistryUnavailable,
+    WorkerInfo,
+    WorkerRegistry,
+)
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"])
 
@@ -39,10 +53,11 @@ FULL_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 
 def server_full_response(request: Request, exc: Exception) -> JSONResponse:
-    """How every endpoint answers :class:`ServerFull`: 503, ``Retry-After``, and the
+    """How every endpoint answers :class:`ServerFull` (and a fleet's
+    :class:`FleetFull` and :class:`RegistryUnavailable`): 503, ``Retry-After``, and the
     reason as ``detail`` (like every other error here, and what the page shows) and as
-    ``error`` (``code`` ``server_full``, for clients that act on it)."""
-    assert isinstance(exc, ServerFull)
+    ``error`` (``code`` ``server_full``…, for clients that act on it)."""
+    assert isinstance(exc, ServerFull | FleetFull | RegistryUnavailable)
     message = str(exc)
     return JSONResponse(
         {"detail": message, "error": {"code": exc.code, "message": message}},
@@ -71,9 +86,13 @@ class TokenOut(BaseModel):
     expires_at: int
     """Unix time."""
     websocket_url: str
-    """Path of the voice WebSocket for this token (relative to the server)."""
+    """The voice WebSocket for this token: a path on this server, or, from a control
+    plane, the absolute URL on the worker the session was dispatched to."""
     webrtc_offer_url: str
-    """Where a WebRTC client POSTs its SDP offer, with this token as Bearer."""
+    """Where a WebRTC client POSTs its SDP offer, with this token as Bearer (a path, or
+    absolute on the worker)."""
+    worker_id: str | None = None
+    """The worker the session was dispatched to (from a control plane)."""
     livekit_url: str | None = None
     livekit_token: str | None = None
     """A LiveKit access token for this session's room (when LiveKit is configured)."""
@@ -93,15 +112,20 @@ class SessionOut(BaseModel):
     consent: dict[str, Any]
 
 
-def _token_out(request: Request, t: SessionToken, identity: str) -> TokenOut:
+def _token_out(
+    request: Request, t: SessionToken, identity: str, worker: WorkerInfo | None = None
+) -> TokenOut:
+    base = "" if worker is None else worker.url
+    ws_base = base.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
     out = TokenOut(
         session_id=t.session_id,
         room_id=t.room_id,
         role=t.role,
         token=t.token,
         expires_at=t.expires_at,
-        websocket_url=f"/v1/ws?token={t.token}",
-        webrtc_offer_url=f"/v1/sessions/{t.session_id}/webrtc",
+        websocket_url=f"{ws_base}/v1/ws?token={t.token}",
+        webrtc_offer_url=f"{base}/v1/sessions/{t.session_id}/webrtc",
+        worker_id=None if worker is None else worker.worker_id,
     )
     livekit = request.app.state.settings.livekit
     if livekit.configured:
@@ -191,16 +215,37 @@ async def create_session(
             f"consent is {consent_bytes} bytes serialized; at most "
             f"{settings.max_consent_bytes} are accepted",
         )
-    admission: Admission = request.app.state.admission
-    admission.check_new_session()  # no record for a caller who could not connect now
+    registry: WorkerRegistry | None = request.app.state.registry
+    if registry is None:
+        admission: Admission = request.app.state.admission
+        admission.check_new_session()  # no record for a caller who could not connect now
+    elif not await registry.choose():  # no record when no worker could take the call
+        raise FleetFull(settings.retry_after_secs)
     store: Store = request.app.state.store
     record = await store.create_session(
         user_id=body.user_id, mode=body.mode, consent=dict(body.consent)
     )
-    issuer: TokenIssuer = request.app.state.tokens
     identity = body.user_id or f"user-{record.id}"
-    token = issuer.mint(record.id, record.room_id, "user", ttl_secs=_ttl_within(request, record))
-    return _token_out(request, token, identity)
+    return await _mint(request, record, "user", identity)
+
+
+async def _mint(
+    request: Request, record: SessionRecord, role: Role, identity: str, worker_id: str | None = None
+) -> TokenOut:
+    """A token of ``role`` for the session; from a control plane, dispatched to a worker
+    (the one it was on while that one lives, else the freest) and naming it. Elsewhere
+    (a worker refreshing a token) it names the caller's token's worker, ``worker_id``."""
+    issuer: TokenIssuer = request.app.state.tokens
+    ttl = _ttl_within(request, record)
+    registry: WorkerRegistry | None = request.app.state.registry
+    if registry is None:
+        token = issuer.mint(record.id, record.room_id, role, ttl_secs=ttl, worker=worker_id)
+        return _token_out(request, token, identity)
+    settings = request.app.state.settings.server
+    lifetime = max(1, int(session_deadline(record, settings) - time.time()))
+    worker = await registry.dispatch(record.id, lifetime, settings.retry_after_secs)
+    token = issuer.mint(record.id, record.room_id, role, ttl_secs=ttl, worker=worker.worker_id)
+    return _token_out(request, token, identity, worker)
 
 
 @router.get(
@@ -234,14 +279,12 @@ async def refresh_token(
     if body.role not in MAY_MINT[caller.role]:
         raise HTTPException(403, f"a {caller.role} token cannot mint a {body.role} token")
     record = await require_session(request, session_id, caller)
-    issuer: TokenIssuer = request.app.state.tokens
     identity = (
         (record.user_id or f"user-{record.id}")
         if body.role == "user"
         else f"{body.role}-{record.id}"
     )
-    token = issuer.mint(record.id, record.room_id, body.role, ttl_secs=_ttl_within(request, record))
-    return _token_out(request, token, identity)
+    return await _mint(request, record, body.role, identity, caller.worker)
 
 
 @router.delete(

@@ -1,9 +1,11 @@
 """Short-lived session tokens: scoped to one session, its room and a role.
 
 HS256 JWTs. A token carries ``sid`` (session id), ``room``, ``role`` and ``exp``; every
-session-scoped call checks all of them. Failures map to HTTP: 401 when the token is
-missing, malformed, forged or expired; 403 when it is valid but for another session or
-a role without the right.
+session-scoped call checks all of them. A token minted by a control plane for a session
+it dispatched to a worker also carries ``wkr`` (that worker's id): a worker refuses a
+token dispatched to another (403), so a session is only ever served where it was sent.
+Failures map to HTTP: 401 when the token is missing, malformed, forged or expired; 403
+when it is valid but for another session, a role without the right or another worker.
 """
 
 from __future__ import annotations
@@ -47,15 +49,25 @@ class SessionToken:
     role: Role
     expires_at: int
     token: str
+    worker: str | None = None
+    """The worker the session was dispatched to (tokens of a control plane)."""
 
 
 class TokenIssuer:
-    def __init__(self, secret: str | None, ttl_secs: int) -> None:
+    def __init__(self, secret: str | None, ttl_secs: int, worker_id: str | None = None) -> None:
         self._secret = secret or secrets.token_urlsafe(32)
         self.ttl_secs = ttl_secs
+        self.worker_id = worker_id
+        """This process as a worker of a fleet: tokens dispatched elsewhere are refused."""
 
     def mint(
-        self, session_id: str, room_id: str, role: Role, *, ttl_secs: int | None = None
+        self,
+        session_id: str,
+        room_id: str,
+        role: Role,
+        *,
+        ttl_secs: int | None = None,
+        worker: str | None = None,
     ) -> SessionToken:
         now = int(time.time())
         exp = now + (ttl_secs if ttl_secs is not None else self.ttl_secs)
@@ -68,8 +80,10 @@ class TokenIssuer:
             "exp": exp,
             "jti": uuid.uuid4().hex,
         }
+        if worker is not None:
+            claims["wkr"] = worker
         token = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
-        return SessionToken(session_id, room_id, role, exp, token)
+        return SessionToken(session_id, room_id, role, exp, token, worker)
 
     def verify(
         self,
@@ -100,6 +114,12 @@ class TokenIssuer:
             raise TokenError(403, "the session token is for another session")
         if claims["role"] not in roles:
             raise TokenError(403, f"role {claims['role']!r} may not do this")
+        worker = claims.get("wkr")
+        if worker is not None and self.worker_id is not None and worker != self.worker_id:
+            raise TokenError(
+                403, "the session is dispatched to another worker; reconnect through the "
+                "control plane"
+            )  # fmt: skip
         return SessionToken(
-            claims["sid"], claims["room"], claims["role"], int(claims["exp"]), token
+            claims["sid"], claims["room"], claims["role"], int(claims["exp"]), token, worker
         )
