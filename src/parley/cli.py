@@ -15,28 +15,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="parley", description="Parley voice agent server")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the server on the configured engines")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
-    serve.add_argument("--config", help="agent file (default ./parley.toml)")
-
-    worker = sub.add_parser(
-        "worker",
-        help="serve as a worker of a fleet: as serve, announced in the worker registry "
+    servers = {
+        "serve": "run the server on the configured engines",
+        "worker": "serve as a worker of a fleet: as serve, announced in the worker registry "
         "(fleet.redis_url)",
-    )
-    worker.add_argument("--host")
-    worker.add_argument("--port", type=int)
-    worker.add_argument("--config", help="agent file (default ./parley.toml)")
-
-    control = sub.add_parser(
-        "control",
-        help="the control plane of a fleet: sessions, tokens, the page; each session is "
-        "dispatched to a worker of the registry (fleet.redis_url)",
-    )
-    control.add_argument("--host")
-    control.add_argument("--port", type=int)
-    control.add_argument("--config", help="agent file (default ./parley.toml)")
+        "control": "the control plane of a fleet: sessions, tokens, the page; each session "
+        "is dispatched to a worker of the registry (fleet.redis_url)",
+    }
+    for name, help_text in servers.items():
+        server = sub.add_parser(name, help=help_text)
+        server.add_argument("--host")
+        server.add_argument("--port", type=int)
+        server.add_argument("--config", help="agent file (default ./parley.toml)")
 
     call = sub.add_parser("call", help="stream a WAV file to a server in real time")
     call.add_argument("wav", type=Path)
