@@ -119,6 +119,35 @@ async def test_a_call_that_ends_during_the_drain_ends_it_before_the_deadline(
         await asyncio.wait_for(server.app.state.drain.drained.wait(), timeout=10)
 
 
+async def test_parley_drain_wait_returns_once_the_last_call_has_ended(tmp_path: Path) -> None:
+    """`parley drain --wait`, a Kubernetes preStop hook: it starts the drain through the
+    admin API and returns only when nothing is live any more."""
+    from parley.drain_client import drain
+
+    async with draining_app(tmp_path) as server:
+        async with CallClient(server.ws_url) as call:
+            await call.send_json({"type": "status"})
+            await call.wait_for("session.status", timeout=10)
+            waiting = asyncio.create_task(
+                asyncio.to_thread(
+                    drain, server.http, ADMIN_KEY, deadline_secs=600, wait=True, poll_secs=0.05
+                )
+            )
+            async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+                deadline = time.monotonic() + 10
+                while (await http.post("/v1/sessions", json={})).status_code != 503:
+                    assert time.monotonic() < deadline, "the drain did not start"
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.3)
+            assert not waiting.done(), "returned while a call was live"
+            await call.send_json({"type": "end"})
+        status = await asyncio.wait_for(waiting, timeout=10)
+        assert status["drained"] is True and status["live"] == 0
+    with pytest.raises(SystemExit, match="refused"):
+        async with draining_app(tmp_path) as server:
+            await asyncio.to_thread(drain, server.http, "wrong-key", deadline_secs=None, wait=False)
+
+
 @pytest.mark.e2e
 def test_sigterm_drains_parley_serve_then_it_exits_cleanly(tmp_path: Path) -> None:
     server = ServerProcess(

@@ -1,10 +1,11 @@
 """``parley serve``, ``parley worker``, ``parley control``, ``parley call``, ``parley
-inspect`` and ``parley engine-server``."""
+inspect``, ``parley drain`` and ``parley engine-server``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from pathlib import Path
@@ -45,6 +46,16 @@ def main(argv: list[str] | None = None) -> None:
     inspect.add_argument("--token", help="a supervisor or admin token")
     inspect.add_argument("--admin-key", help="default: PARLEY_TELEMETRY__ADMIN_KEY")
 
+    drain = sub.add_parser(
+        "drain",
+        help="drain a running server (admin key): no new session, live ones until they end "
+        "or the deadline; --wait returns once drained (a preStop hook)",
+    )
+    drain.add_argument("--url", default="http://127.0.0.1:8000")
+    drain.add_argument("--admin-key", help="default: PARLEY_TELEMETRY__ADMIN_KEY")
+    drain.add_argument("--deadline", type=float, help="default: server.drain_deadline_secs")
+    drain.add_argument("--wait", action="store_true", help="until nothing is live")
+
     engines = sub.add_parser(
         "engine-server", help="serve the embedded engines over the OpenAI-compatible API"
     )
@@ -66,6 +77,14 @@ def main(argv: list[str] | None = None) -> None:
 
         key = args.admin_key or os.environ.get("PARLEY_TELEMETRY__ADMIN_KEY")
         print(format_inspection(fetch(args.url, args.session_id, args.token, key)))
+    elif args.command == "drain":
+        from parley.drain_client import drain as drain_server
+
+        key = args.admin_key or os.environ.get("PARLEY_TELEMETRY__ADMIN_KEY")
+        if not key:
+            sys.exit("parley drain: give --admin-key or set PARLEY_TELEMETRY__ADMIN_KEY")
+        status = drain_server(args.url, key, deadline_secs=args.deadline, wait=args.wait)
+        print(json.dumps(status), flush=True)
     else:
         sys.exit(asyncio.run(_call(args)))
 
