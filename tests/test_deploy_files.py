@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from importlib import resources
 from pathlib import Path
@@ -57,19 +58,31 @@ def app_paths() -> set[str]:
 
 
 def settings_from(env: dict[str, str]) -> Settings:
-    """The settings these ``PARLEY_*`` variables give (placeholders filled in): an unknown
-    or invalid one fails here as it would at start-up."""
-    values: dict[str, Any] = {}
-    for name, value in env.items():
-        if not name.startswith("PARLEY_"):
-            continue
-        value = re.sub(r"\$\{[^}]*\}|\$\([^)]*\)", "x" * 32, value)
-        node = values
-        *path, leaf = name.removeprefix("PARLEY_").lower().split("__")
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return Settings(**values)
+    """The settings these ``PARLEY_*`` variables give at start-up (placeholders filled
+    in), read from the environment as the server reads them: an unknown or invalid one
+    fails here as it would there."""
+    values = {
+        name: re.sub(r"\$\{[^}]*\}|\$\([^)]*\)", "x" * 32, value)
+        for name, value in env.items()
+        if name.startswith("PARLEY_")
+    }
+    for name in values:
+        model: Any = Settings
+        for part in name.removeprefix("PARLEY_").lower().split("__"):
+            # pydantic-settings ignores a variable that names no setting: check each.
+            assert model is not None and part in model.model_fields, f"{name}: no such setting"
+            annotation = model.model_fields[part].annotation
+            model = (
+                annotation
+                if isinstance(annotation, type) and hasattr(annotation, "model_fields")
+                else None
+            )
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("PARLEY_")]:
+            patch.delenv(name)
+        for name, value in values.items():
+            patch.setenv(name, value)
+        return Settings()
 
 
 def test_the_compose_file_follows_the_compose_specification() -> None:

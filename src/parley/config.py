@@ -374,6 +374,10 @@ class FleetSettings(BaseModel):
     public_url: str | None = None
     """The base URL clients reach this worker at (``http://10.0.0.5:8000``); unset:
     ``http://<server.host>:<port>``."""
+    allowed_origins: list[str] = Field(default_factory=list)
+    """Pages of other origins that may call this worker's API (CORS): the control
+    plane's, e.g. ``["https://voice.example.com"]``, so that the page it serves can post
+    its WebRTC offer here. Empty: none (the page's own origin always may)."""
     heartbeat_secs: float = Field(default=1.0, gt=0, le=30)
     expiry_secs: float = Field(default=3.0, gt=0, le=120)
     """An announcement lasts this long: a worker silent for it is gone from the fleet."""

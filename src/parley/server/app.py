@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -154,6 +155,14 @@ def create_app(
             await asyncio.to_thread(app.state.telemetry.tracer.shutdown)
 
     app = FastAPI(title="Parley", version=__version__, lifespan=lifespan)
+    if settings.fleet.allowed_origins:
+        # A page served by the control plane posts its WebRTC offer to this worker.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.fleet.allowed_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.state.settings = settings
     app.state.sessions = {}
     app.state.webrtc_peers = {}

@@ -48,8 +48,10 @@ export function refreshToken(sessionId, token) {
   return call(`/v1/sessions/${sessionId}/tokens`, { method: "POST", token, body: { role: "user" } });
 }
 
-export function sendOffer(sessionId, token, sdp) {
-  return call(`/v1/sessions/${sessionId}/webrtc`, { method: "POST", token, body: { sdp, type: "offer" } });
+// ``offerUrl``: the token answer's webrtc_offer_url: a path on this server, or, from a
+// control plane, the absolute URL on the worker the session was dispatched to.
+export function sendOffer(offerUrl, token, sdp) {
+  return call(offerUrl, { method: "POST", token, body: { sdp, type: "offer" } });
 }
 
 export function fetchTimeline(sessionId, token) {

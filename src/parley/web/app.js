@@ -27,6 +27,7 @@ const SERVER_LATENCY_NOTE =
 // What a test (or a curious user in the console) can read: plain values, no control.
 const status = {
   sessionId: null,
+  workerId: null, // the fleet worker the session was dispatched to (null: this server)
   connected: false,
   reconnects: 0,
   restoredFromServer: false,
@@ -76,7 +77,7 @@ function scheduleRefresh() {
 async function refresh() {
   try {
     const renewed = await refreshToken(session.session_id, session.token);
-    session = { ...session, token: renewed.token, expires_at: renewed.expires_at };
+    session = { ...session, ...renewed };
     scheduleRefresh();
   } catch (err) {
     if (err instanceof TokenRejected) {
@@ -200,7 +201,7 @@ async function connect() {
     setControls();
     if (running) reconnect();
   });
-  await connection.open(session.session_id, session.token, mic);
+  await connection.open(session.webrtc_offer_url, session.token, mic);
 }
 
 async function reconnect() {
@@ -211,6 +212,13 @@ async function reconnect() {
     await new Promise((r) => setTimeout(r, RECONNECT_DELAYS_MS[Math.min(attempt, RECONNECT_DELAYS_MS.length - 1)]));
     if (!running) return;
     try {
+      if (session.worker_id) {
+        // A fleet: the worker may be gone. The control plane (this page's server) sends
+        // the session back to its worker while it lives, else to another one, where it
+        // resumes from the shared database.
+        session = { ...session, ...(await refreshToken(session.session_id, session.token)) };
+        status.workerId = session.worker_id;
+      }
       await connect();
       status.reconnects += 1;
       return;
@@ -247,6 +255,7 @@ async function start() {
   try {
     session = session || (await createSession({ microphone: true, store_transcripts: true }));
     status.sessionId = session.session_id;
+    status.workerId = session.worker_id || null;
     scheduleRefresh();
     await connect();
   } catch (err) {

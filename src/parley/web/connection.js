@@ -4,6 +4,7 @@
 import { sendOffer } from "./api.js";
 
 const GATHER_TIMEOUT_MS = 3000;
+const DISCONNECTED_DROP_MS = 4000;
 
 export function iceGatheringDone(pc) {
   // The server does not take trickled candidates: offer once gathering is complete.
@@ -28,9 +29,10 @@ export class VoiceConnection extends EventTarget {
     this.channel = null;
     this.closedByUs = false;
     this.dropped = false;
+    this.disconnectTimer = null;
   }
 
-  async open(sessionId, token, micStream) {
+  async open(offerUrl, token, micStream) {
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     this.pc = pc;
     for (const track of micStream.getAudioTracks()) pc.addTrack(track, micStream);
@@ -48,14 +50,21 @@ export class VoiceConnection extends EventTarget {
     channel.addEventListener("open", () => this.dispatchEvent(new Event("open")));
     channel.addEventListener("close", () => this.#drop("data channel closed"));
     pc.addEventListener("connectionstatechange", () => {
+      clearTimeout(this.disconnectTimer);
       if (["failed", "closed"].includes(pc.connectionState)) this.#drop(`connection ${pc.connectionState}`);
+      // A server that died sends no goodbye: ICE says "disconnected" within seconds but
+      // "failed" only after ~30 s of silence. A disconnection that lasts is a drop, so the
+      // caller is back on a live server (the session resumes) instead of waiting.
+      if (pc.connectionState === "disconnected") {
+        this.disconnectTimer = setTimeout(() => this.#drop("connection lost"), DISCONNECTED_DROP_MS);
+      }
     });
     pc.addEventListener("track", (e) => {
       this.dispatchEvent(new CustomEvent("agent-track", { detail: e.streams[0] || new MediaStream([e.track]) }));
     });
     await pc.setLocalDescription(await pc.createOffer());
     await iceGatheringDone(pc);
-    const answer = await sendOffer(sessionId, token, pc.localDescription.sdp);
+    const answer = await sendOffer(offerUrl, token, pc.localDescription.sdp);
     if (this.closedByUs) return;
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
   }
@@ -70,6 +79,7 @@ export class VoiceConnection extends EventTarget {
 
   close() {
     this.closedByUs = true;
+    clearTimeout(this.disconnectTimer);
     if (this.channel) this.channel.close();
     if (this.pc) this.pc.close();
   }
