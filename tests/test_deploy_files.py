@@ -31,24 +31,14 @@ SERVER_COMMANDS = {"serve", "worker", "control"}
 
 def parley_commands() -> set[str]:
     """The subcommands ``parley`` has, read from its own argument parser."""
-    from parley import cli
+    from parley.cli import build_parser
 
-    seen: set[str] = set()
-    original = argparse.ArgumentParser.parse_args
-
-    def capture(self: argparse.ArgumentParser, *a: Any, **k: Any) -> Any:
-        for action in self._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                seen.update(action.choices)
-        raise SystemExit(0)
-
-    argparse.ArgumentParser.parse_args = capture  # type: ignore[method-assign]
-    try:
-        with pytest.raises(SystemExit):
-            cli.main([])
-    finally:
-        argparse.ArgumentParser.parse_args = original  # type: ignore[method-assign]
-    return seen
+    (commands,) = [
+        action.choices
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    return set(commands)
 
 
 def app_paths() -> set[str]:

@@ -85,7 +85,7 @@ async def test_a_heartbeat_follows_the_workers_state_and_withdraws_it_on_stop(
         (w,) = await registry.workers()
         assert w.draining and w.free == 0
     finally:
-        await beat.stop("w1")
+        await beat.stop()
     assert await registry.workers() == []
 
 

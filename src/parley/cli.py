@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """``parley`` and its commands."""
     parser = argparse.ArgumentParser(prog="parley", description="Parley voice agent server")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -66,7 +67,11 @@ def main(argv: list[str] | None = None) -> None:
         "--faults", action="store_true", help="fault injection for tests, driven at /_faults"
     )
     engines.add_argument("--config", help="agent file for the engines' settings")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("serve", "worker", "control"):
         _serve(args, role=args.command)

@@ -12,6 +12,8 @@ import time
 
 import httpx
 
+from parley.admin_token import mint_admin_token
+
 
 def drain(
     url: str, admin_key: str, *, deadline_secs: float | None, wait: bool, poll_secs: float = 0.5
@@ -19,10 +21,7 @@ def drain(
     """Start the drain of the server at ``url``; with ``wait``, return once it has
     drained (or the server went away). The last status the server gave is returned."""
     with httpx.Client(base_url=url.rstrip("/"), timeout=10) as http:
-        minted = http.post("/v1/admin/tokens", headers={"Authorization": f"Bearer {admin_key}"})
-        if minted.status_code != 201:
-            raise SystemExit(f"the admin key was refused ({minted.status_code})")
-        auth = {"Authorization": f"Bearer {minted.json()['token']}"}
+        auth = {"Authorization": f"Bearer {mint_admin_token(http, admin_key)}"}
         body = {} if deadline_secs is None else {"deadline_secs": deadline_secs}
         started = http.post("/v1/admin/drain", json=body, headers=auth)
         if started.status_code != 202:

@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 
+from parley.admin_token import mint_admin_token
+
 WIDTH = 50
 
 
@@ -18,10 +20,7 @@ def fetch(url: str, session_id: str, token: str | None, admin_key: str | None) -
         if token is None:
             if not admin_key:
                 raise SystemExit("give --token, or --admin-key / PARLEY_TELEMETRY__ADMIN_KEY")
-            minted = http.post("/v1/admin/tokens", headers={"Authorization": f"Bearer {admin_key}"})
-            if minted.status_code != 201:
-                raise SystemExit(f"the admin key was refused ({minted.status_code})")
-            token = str(minted.json()["token"])
+            token = mint_admin_token(http, admin_key)
         response = http.get(
             f"/v1/sessions/{session_id}/inspection", headers={"Authorization": f"Bearer {token}"}
         )

@@ -134,8 +134,8 @@ def create_app(
             yield
         finally:
             retention.cancel()
-            if heartbeat is not None and worker is not None:
-                await heartbeat.stop(worker.worker_id)  # out of the fleet at once
+            if heartbeat is not None:
+                await heartbeat.stop()  # out of the fleet at once
             await app.state.drain.close()
             for listener in list(app.state.listen_peers.values()):
                 await listener.close()

@@ -216,25 +216,34 @@ async def create_session(
             f"{settings.max_consent_bytes} are accepted",
         )
     registry: WorkerRegistry | None = request.app.state.registry
+    chosen: WorkerInfo | None = None
     if registry is None:
         admission: Admission = request.app.state.admission
         admission.check_new_session()  # no record for a caller who could not connect now
-    elif not await registry.choose():  # no record when no worker could take the call
-        raise FleetFull(settings.retry_after_secs)
+    else:
+        chosen = await registry.choose()
+        if chosen is None:  # no record when no worker could take the call
+            raise FleetFull(settings.retry_after_secs)
     store: Store = request.app.state.store
     record = await store.create_session(
         user_id=body.user_id, mode=body.mode, consent=dict(body.consent)
     )
     identity = body.user_id or f"user-{record.id}"
-    return await _mint(request, record, "user", identity)
+    return await _mint(request, record, "user", identity, chosen=chosen)
 
 
 async def _mint(
-    request: Request, record: SessionRecord, role: Role, identity: str, worker_id: str | None = None
+    request: Request,
+    record: SessionRecord,
+    role: Role,
+    identity: str,
+    worker_id: str | None = None,
+    chosen: WorkerInfo | None = None,
 ) -> TokenOut:
     """A token of ``role`` for the session; from a control plane, dispatched to a worker
-    (the one it was on while that one lives, else the freest) and naming it. Elsewhere
-    (a worker refreshing a token) it names the caller's token's worker, ``worker_id``."""
+    (``chosen`` for a new session; else the one it was on while that one lives, else the
+    freest) and naming it. Elsewhere (a worker refreshing a token) it names the caller's
+    token's worker, ``worker_id``."""
     issuer: TokenIssuer = request.app.state.tokens
     ttl = _ttl_within(request, record)
     registry: WorkerRegistry | None = request.app.state.registry
@@ -243,7 +252,11 @@ async def _mint(
         return _token_out(request, token, identity)
     settings = request.app.state.settings.server
     lifetime = max(1, int(session_deadline(record, settings) - time.time()))
-    worker = await registry.dispatch(record.id, lifetime, settings.retry_after_secs)
+    if chosen is None:
+        worker = await registry.dispatch(record.id, lifetime, settings.retry_after_secs)
+    else:
+        worker = chosen
+        await registry.assign(record.id, worker.worker_id, lifetime)
     token = issuer.mint(record.id, record.room_id, role, ttl_secs=ttl, worker=worker.worker_id)
     return _token_out(request, token, identity, worker)
 

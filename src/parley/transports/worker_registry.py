@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
@@ -96,6 +96,15 @@ def freest(workers: list[WorkerInfo]) -> WorkerInfo | None:
     return min(open_, key=lambda w: (-w.free, w.live, w.worker_id))
 
 
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """Redis's failures, as the one error the control plane answers (503)."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise RegistryUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
+
+
 class WorkerRegistry:
     """Announcements in and the live fleet out, over one Redis client."""
 
@@ -111,27 +120,21 @@ class WorkerRegistry:
         return cls(client, expiry_secs=expiry_secs)
 
     async def announce(self, info: WorkerInfo) -> None:
-        try:
+        with _reachable():
             await self.redis.set(
                 PREFIX + "worker:" + info.worker_id, info.to_json(), px=self.expiry_ms
             )
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
 
     async def withdraw(self, worker_id: str) -> None:
         """The worker leaves at once (a clean shutdown), not at its expiry."""
-        try:
+        with _reachable():
             await self.redis.delete(PREFIX + "worker:" + worker_id)
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
 
     async def workers(self) -> list[WorkerInfo]:
         """Every worker whose announcement has not expired."""
-        try:
+        with _reachable():
             keys = [k async for k in self.redis.scan_iter(match=PREFIX + "worker:*", count=500)]
             raws = await self.redis.mget(keys) if keys else []
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
         found = []
         for raw in raws:
             if raw is None:
@@ -148,26 +151,20 @@ class WorkerRegistry:
 
     async def worker(self, worker_id: str) -> WorkerInfo | None:
         """That worker's announcement, if it is alive."""
-        try:
+        with _reachable():
             raw = await self.redis.get(PREFIX + "worker:" + worker_id)
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
         return None if raw is None else WorkerInfo.from_json(raw)
 
     async def assign(self, session_id: str, worker_id: str, ttl_secs: int) -> None:
         """Record that ``session_id`` is served by ``worker_id`` (for as long as the
         session may last): its reconnects go back there while that worker is alive."""
-        try:
+        with _reachable():
             await self.redis.set(PREFIX + "session:" + session_id, worker_id, ex=max(1, ttl_secs))
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
 
     async def assigned(self, session_id: str) -> str | None:
         """The worker ``session_id`` was last dispatched to (alive or not)."""
-        try:
+        with _reachable():
             raw = await self.redis.get(PREFIX + "session:" + session_id)
-        except (RedisError, OSError) as exc:
-            raise RegistryUnavailable(f"cannot reach Redis: {type(exc).__name__}") from exc
         return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
 
     async def dispatch(self, session_id: str, ttl_secs: int, retry_after_secs: int) -> WorkerInfo:
@@ -226,11 +223,11 @@ class WorkerHeartbeat:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="worker-heartbeat")
 
-    async def stop(self, worker_id: str) -> None:
+    async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         with contextlib.suppress(RegistryUnavailable):
-            await self.registry.withdraw(worker_id)
+            await self.registry.withdraw(self.describe().worker_id)
