@@ -2,7 +2,8 @@
 one PostgreSQL database and a Redis of the test's own. Sessions are dispatched to the
 freest worker, a full fleet answers 503, a token works only on its worker, a worker that
 is killed leaves the registry within its expiry and its session resumes on the other
-worker from the database, and Redis down is a clear 503 until it returns."""
+worker from the database (a caller of its own accord, or a program that refreshes the
+token by hand), and Redis down is a clear 503 until it returns."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from conftest import (
 from parley.client import CallClient
 from parley.testing import RedisServer, ServerProcess
 from parley.transports.worker_registry import WorkerInfo, WorkerRegistry
+from parley.webrtc_client import WebRTCCallClient
 from voice_helpers import stored_record, wait_reply_done
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
@@ -42,6 +44,14 @@ class Fleet:
     redis: RedisServer
     registry: WorkerRegistry
     http: httpx.AsyncClient
+    env: dict[str, str]
+    started: list[ServerProcess]
+    """Every process started, stopped at the end (a worker started again included)."""
+
+    def start_worker(self, name: str) -> ServerProcess:
+        self.workers[name] = start_worker(self.env, name)
+        self.started.append(self.workers[name])
+        return self.workers[name]
 
     async def until(
         self, check: Callable[[dict[str, WorkerInfo]], bool], timeout: float = 10.0
@@ -70,9 +80,19 @@ def fleet_env(database_url: str, redis_url: str) -> dict[str, str]:
     }
 
 
+def start_worker(env: dict[str, str], name: str) -> ServerProcess:
+    return ServerProcess(
+        {**env, "PARLEY_FLEET__WORKER_ID": name, "PARLEY_SERVER__MAX_SESSIONS": str(CAPACITY)},
+        ARTIFACTS / f"fleet-{name}.log",
+        cwd=ROOT,
+        command="worker",
+    )
+
+
 @pytest.fixture(scope="module")
 async def fleet() -> AsyncIterator[Fleet]:
-    """One fleet for the module's tests, in order: the last one kills worker-a."""
+    """One fleet for the module's tests, in order: those that kill worker-a start it
+    again, but the last one."""
     database_url = await _create_postgres_database()
     redis = RedisServer()
     env = fleet_env(database_url, redis.url)
@@ -80,22 +100,13 @@ async def fleet() -> AsyncIterator[Fleet]:
     try:
         workers = {}
         for name in ("worker-a", "worker-b"):
-            workers[name] = ServerProcess(
-                {
-                    **env,
-                    "PARLEY_FLEET__WORKER_ID": name,
-                    "PARLEY_SERVER__MAX_SESSIONS": str(CAPACITY),
-                },
-                ARTIFACTS / f"fleet-{name}.log",
-                cwd=ROOT,
-                command="worker",
-            )
+            workers[name] = start_worker(env, name)
             started.append(workers[name])
         control = ServerProcess(env, ARTIFACTS / "fleet-control.log", cwd=ROOT, command="control")
         started.append(control)
         registry = WorkerRegistry.from_url(redis.url)
         async with httpx.AsyncClient(base_url=control.http, timeout=10) as http:
-            yield Fleet(control, workers, redis, registry, http)
+            yield Fleet(control, workers, redis, registry, http, env, started)
         await registry.close()
     finally:
         for proc in started:
@@ -183,6 +194,69 @@ async def test_redis_down_is_a_clear_503_and_the_fleet_recovers_when_it_returns(
         _, started = await call.wait_for("session.started", timeout=20)
         assert call.session is not None and call.session["worker_id"] in fleet.workers
         assert started["session_id"] == call.session["session_id"]
+
+
+async def test_callers_follow_their_session_to_the_other_worker_by_themselves(
+    fleet: Fleet, caller
+) -> None:
+    """`parley call`'s client and the WebRTC client, both on worker-a, which is SIGKILLed
+    mid-conversation: each notices the drop, refreshes its token through the control
+    plane and lands on worker-b with no help, its event log going on; the next spoken
+    turn is answered there with the history intact and no second greeting."""
+    await fleet.until(lambda f: len(f) == 2 and all(w.live == 0 for w in f.values()), 20)
+    # Made while no call is live (the registry counts connected calls): both sessions go
+    # to the same worker, the first by id.
+    rtc_session = await create(fleet)
+    ws = CallClient(fleet.control.ws_url, reconnect=True)
+    rtc = WebRTCCallClient(fleet.control.http, session=rtc_session, reconnect=True)
+    loop = asyncio.get_running_loop()
+    try:
+        async with ws, rtc:
+            assert ws.session is not None
+            assert ws.session["worker_id"] == rtc_session["worker_id"] == "worker-a"
+            _, greeted_at = await wait_reply_done(ws, after=0)
+            await wait_reply_done(rtc, after=0)
+            await ws.say(caller("What time does the store open tomorrow morning"))
+            ended_at, ended = await ws.wait_for("turn.ended", after=greeted_at, timeout=20)
+            await wait_reply_done(ws, after=ended_at)
+            said = " ".join(e["text"] for e in ws.of_type("agent.text") if e["turn_id"] == 1)
+            await stored_record(
+                fleet.workers["worker-a"],
+                ws,
+                lambda r: r["turns"] and r["turns"][0]["state"] == "completed",
+            )
+            fleet.workers["worker-a"].kill()  # mid-conversation, no goodbye
+            killed_at = loop.time()
+
+            for client, turns in ((ws, 1), (rtc, 0)):
+                _, back = await client.wait_for("client.reconnected", after=killed_at, timeout=30)
+                _, started = await client.wait_for("session.started", after=killed_at)
+                assert back["worker_id"] == "worker-b" and client.reconnects == 1
+                assert client.session is not None and client.session["worker_id"] == "worker-b"
+                assert started["resumed"] and started["turns"] == turns
+                assert started["session_id"] == client.session_id()
+                assert not client.closed.is_set()
+
+            await ws.send_json({"type": "status"})
+            _, status = await ws.wait_for("session.status", after=killed_at)
+            assert [(m["role"], m["content"]) for m in status["history"]] == [
+                ("user", ended["text"]),
+                ("assistant", said),
+            ]
+            await asyncio.sleep(1.0)
+            for client in (ws, rtc):
+                again = [e for t, e in client.events if t > killed_at and e["type"] == "agent.text"]
+                assert not again, "greeted a second time"
+            await ws.say(caller("Can you tell me a fun fact about the moon"))
+            _, nxt = await ws.wait_for("turn.ended", after=killed_at, timeout=20)
+            assert nxt["turn_id"] == 2
+            _, reply = await ws.wait_for(
+                "agent.text", lambda e: e["turn_id"] == 2, after=killed_at, timeout=30
+            )
+            assert reply["text"]
+    finally:
+        if fleet.workers["worker-a"].proc.poll() is not None:
+            fleet.start_worker("worker-a")  # for the test after this one
 
 
 async def test_a_killed_workers_session_resumes_on_the_other_worker(fleet: Fleet, caller) -> None:

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start speaking at once instead of after the agent's greeting",
     )
+    call.add_argument(
+        "--no-reconnect",
+        action="store_true",
+        help="end the call when the connection drops instead of following the session "
+        "(through the control plane that created it) to a live server",
+    )
 
     inspect = sub.add_parser("inspect", help="print a session's turns as waterfalls")
     inspect.add_argument("session_id")
@@ -156,8 +162,13 @@ async def _call(args: argparse.Namespace) -> int:
         return 2
     import httpx
 
+    from parley.client_reconnect import ReconnectFailed
+
     try:
         return await _stream_call(args, pcm)
+    except ReconnectFailed as exc:
+        print(f"parley call: the call dropped and could not be resumed: {exc}", file=sys.stderr)
+        return 1
     except (OSError, httpx.HTTPError) as exc:
         print(f"parley call: cannot reach {args.url}: {exc!r}", file=sys.stderr)
         return 1
@@ -167,7 +178,7 @@ async def _stream_call(args: argparse.Namespace, pcm: Any) -> int:
     from parley.audio import write_wav
     from parley.client import CallClient
 
-    async with CallClient(args.url) as client:
+    async with CallClient(args.url, reconnect=not args.no_reconnect) as client:
         printer = asyncio.create_task(_print_events(client))
         if not args.talk_over_greeting:
             await _let_greeting_finish(client)
@@ -243,3 +254,8 @@ def _print_event(ev: dict[str, object]) -> None:
         print("[metrics] " + "  ".join(f"{k}={v}" for k, v in fields.items()))
     elif kind in ("error", "turn.interrupted"):
         print(f"[{kind}] {ev}")
+    elif kind == "client.reconnecting":
+        print(f"[reconnecting] the connection dropped ({ev.get('close_code')})")
+    elif kind == "client.reconnected":
+        where = f"worker {ev['worker_id']}" if ev.get("worker_id") else "the server"
+        print(f"[reconnected] to {where} after {ev.get('attempts')} attempt(s)")

@@ -1,5 +1,8 @@
 """A WebSocket caller for Parley: streams audio like a microphone (real time, silence when
 there is nothing to say), records every event and agent audio frame with its arrival time.
+With ``reconnect=True`` it follows its session through a drop (a killed worker, a drain's
+1012): it refreshes its token through the control plane, connects where that sends it
+and keeps one event log across connections (see :mod:`parley.client_reconnect`).
 
 Used by ``parley call``, the benchmark and the end-to-end tests.
 """
@@ -17,9 +20,22 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, dbfs
+from parley.client_reconnect import (
+    ReconnectFailed,
+    ReconnectPolicy,
+    RetryLater,
+    SessionRefused,
+    absolute,
+    refresh_token,
+    retry,
+    session_token,
+    should_reconnect,
+)
 
 FRAME_SECS = FRAME_SAMPLES / SAMPLE_RATE
 SPEECH_SAMPLE_LEVEL = 300  # |int16| above this counts as speech when finding its last sample
@@ -38,6 +54,11 @@ async def create_session(ws_url: str, **body: Any) -> dict[str, Any]:
         response = await http.post("/v1/sessions", json=body)
         response.raise_for_status()
         return dict(response.json())
+
+
+def token_subprotocols(token: str) -> list[Subprotocol]:
+    """The token travels as a subprotocol, not in the URL: proxies log URLs."""
+    return [Subprotocol("parley"), Subprotocol(f"parley.token.{token}")]
 
 
 SILENCE = bytes(FRAME_SAMPLES * 2)
@@ -75,20 +96,30 @@ class CallClient:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     session: dict[str, Any] | None = None
-    """The session created for this call (when the URL carried no token)."""
+    """The session created for this call (when the URL carried no token); after a
+    reconnect, updated with the refreshed token answer (token, worker)."""
     consent: dict[str, bool] | None = None
     """The consent the created session is given (``POST /v1/sessions``)."""
+
+    reconnect: bool = False
+    """Follow the session through a drop (see :mod:`parley.client_reconnect`):
+    ``closed`` is then set only when the call is over or the client gave up."""
+    control_url: str | None = None
+    """Where the token is refreshed on a reconnect (``http(s)://host:port``): the server
+    the session was created on. Default: the server of ``url`` (right for a URL without
+    a token, and for a plain server; give the control plane's for a worker's URL)."""
+    policy: ReconnectPolicy = field(default_factory=ReconnectPolicy)
+    reconnects: int = 0
+    """Connections made again after a drop."""
+    reconnect_error: ReconnectFailed | None = None
+    """Why the client gave up reconnecting (``wait_for`` raises it too)."""
 
     async def __aenter__(self) -> CallClient:
         subprotocols: list[Subprotocol] | None = None
         url = self.url
         if "token=" not in self.url:
             self.session = await create_session(self.url, consent=self.consent or {})
-            # The token travels as a subprotocol, not in the URL: proxies log URLs.
-            subprotocols = [
-                Subprotocol("parley"),
-                Subprotocol(f"parley.token.{self.session['token']}"),
-            ]
+            subprotocols = token_subprotocols(self.session["token"])
             given = str(self.session.get("websocket_url", ""))
             if given.startswith(("ws://", "wss://")):
                 # A control plane's answer: the session lives on the worker it names.
@@ -99,6 +130,30 @@ class CallClient:
             asyncio.create_task(self._mic_loop()),
         ]
         return self
+
+    @property
+    def refresh_url(self) -> str:
+        """The ``http(s)://`` base a reconnect refreshes the token at."""
+        return self.control_url or http_base(self.url)
+
+    def session_id(self) -> str | None:
+        """The session's id: from its token answer, else from the server's greeting."""
+        if self.session and self.session.get("session_id"):
+            return str(self.session["session_id"])
+        started = self.of_type("session.started")
+        return str(started[0]["session_id"]) if started else None
+
+    def note(self, type_: str, **fields: Any) -> None:
+        """Put a local event (``client.…``, never from the server) in the event log."""
+        self.events.append((asyncio.get_running_loop().time(), {"type": type_, **fields}))
+        self._notify_soon()
+
+    def _notify_soon(self) -> None:
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        self._tasks.append(asyncio.ensure_future(notify()))
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stop_tasks()
@@ -158,31 +213,118 @@ class CallClient:
         return frame
 
     async def _mic_loop(self) -> None:
+        """Real-time frames while connected; between connections the queue waits (what
+        is queued is said once the call is back) and the clock restarts."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        while True:
-            await self.ws.send(self.next_mic_frame(loop.time()))
+        while not self.closed.is_set():
+            ws = self._ws
+            if ws is None or ws.state is not State.OPEN:
+                await asyncio.sleep(FRAME_SECS)
+                next_at = loop.time()
+                continue
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(self.next_mic_frame(loop.time()))
             next_at += FRAME_SECS
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
     # ---- what comes back --------------------------------------------------------------------
 
     async def _read_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            async for message in self.ws:
-                now = loop.time()
-                if isinstance(message, bytes):
-                    self.audio.append(ReceivedAudio(now, message))
-                else:
-                    self.events.append((now, json.loads(message)))
-                async with self._changed:
-                    self._changed.notify_all()
+            while True:
+                ws = self.ws
+                with contextlib.suppress(ConnectionClosed):
+                    async for message in ws:
+                        await self._record(message)
+                self.close_code = ws.close_code
+                if not (self.reconnect and should_reconnect(ws.close_code)):
+                    return
+                if not await self._reconnect(ws.close_code):
+                    return
         finally:
-            self.close_code = self.ws.close_code
             self.closed.set()
             async with self._changed:
                 self._changed.notify_all()
+
+    async def _record(self, message: str | bytes) -> None:
+        now = asyncio.get_running_loop().time()
+        if isinstance(message, bytes):
+            self.audio.append(ReceivedAudio(now, message))
+        else:
+            self.events.append((now, json.loads(message)))
+        async with self._changed:
+            self._changed.notify_all()
+
+    # ---- after a drop -----------------------------------------------------------------------
+
+    async def _reconnect(self, close_code: int | None) -> bool:
+        """Back on the session (True), or given up (False, ``reconnect_error`` says why)."""
+        self.note("client.reconnecting", close_code=close_code)
+        sid = self.session_id()
+        try:
+            if sid is None:
+                raise ReconnectFailed("the connection dropped before the session started")
+            (ws, first), attempts = await retry(
+                lambda: self._connect_again(sid), self.policy, f"reconnecting session {sid}"
+            )
+        except ReconnectFailed as exc:
+            self.reconnect_error = exc
+            self.note("client.reconnect_failed", error=str(exc))
+            return False
+        self._ws = ws
+        self.close_code = None
+        self.reconnects += 1
+        worker = (self.session or {}).get("worker_id")
+        self.note("client.reconnected", attempts=attempts, worker_id=worker)
+        for message in first:
+            await self._record(message)
+        return True
+
+    async def _connect_again(self, sid: str) -> tuple[ClientConnection, list[str | bytes]]:
+        """One attempt: a fresh token (and worker) from the control plane, a connection
+        there, and its first messages (to ``session.started``), or why not."""
+        token = session_token(self.session, self.url)
+        if token is None:
+            raise SessionRefused("no token to refresh")
+        answer = await refresh_token(self.refresh_url, sid, token)
+        self.session = {**(self.session or {}), **answer}
+        url = absolute(answer["websocket_url"], self.refresh_url, websocket=True)
+        try:
+            ws = await connect(
+                url.split("?", 1)[0],
+                max_size=2**22,
+                subprotocols=token_subprotocols(answer["token"]),
+                open_timeout=self.policy.connect_timeout,
+            )
+        except InvalidStatus as exc:
+            raise RetryLater(f"connecting to {url.split('?', 1)[0]}: {exc}") from exc
+        except WebSocketException as exc:
+            raise RetryLater(f"connecting to {url.split('?', 1)[0]}: {exc!r}") from exc
+        try:
+            return ws, await self._first_message(ws)
+        except BaseException:
+            await ws.close()
+            raise
+
+    async def _first_message(self, ws: ClientConnection) -> list[str | bytes]:
+        """The new connection's messages up to its first that is not an ``error``, unless
+        the server refuses it (an ``error``, then a close whose code says whether to try
+        again)."""
+        messages: list[str | bytes] = []
+        try:
+            async with asyncio.timeout(self.policy.connect_timeout):
+                while True:
+                    message = await ws.recv()
+                    messages.append(message)
+                    if not isinstance(message, str) or json.loads(message).get("type") != "error":
+                        return messages
+        except ConnectionClosed as exc:
+            errors = [json.loads(m).get("message") for m in messages if isinstance(m, str)]
+            why = f"the server closed the new connection ({ws.close_code}: {errors})"
+            if should_reconnect(ws.close_code):
+                raise RetryLater(why) from exc
+            raise SessionRefused(why) from exc
 
     async def send_json(self, obj: Any) -> None:
         await self.ws.send(json.dumps(obj))
@@ -206,6 +348,8 @@ class CallClient:
         async with asyncio.timeout(timeout):
             async with self._changed:
                 while (hit := found()) is None:
+                    if self.reconnect_error is not None:
+                        raise self.reconnect_error
                     if self.closed.is_set():
                         raise ConnectionError(f"connection closed while waiting for {type_}")
                     await self._changed.wait()
