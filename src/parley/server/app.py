@@ -190,9 +190,11 @@ def create_app(
         )
     app.include_router(sessions_router)
     app.include_router(turns_router)
+    # Twilio's incoming-call webhook: on a control plane it dispatches the call to a
+    # worker (server/fleet_telephony.py), whose media stream then carries it.
+    app.include_router(telephony_router)
     if not control:
         app.include_router(websocket_router)
-        app.include_router(telephony_router)
         app.include_router(twilio_media_router)
         app.include_router(webrtc_router)
     app.include_router(readiness_router)

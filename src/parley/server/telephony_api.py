@@ -8,26 +8,33 @@ on it) and the answer is TwiML connecting the call to the media stream
 (``transports/twilio_media.py``), with a short-lived stream token as a custom
 ``<Parameter>``: Twilio hands it back in the stream's ``start`` message, and the stream
 is trusted only with it.
+
+On the control plane of a fleet (``parley control``, which has no media endpoint) the
+same signed webhook is answered by ``fleet_telephony``: the call is dispatched to the
+freest worker of the registry and the TwiML points at that worker's media WebSocket. On
+a worker, the stream token names the worker (claim ``wkr``): another one refuses it.
 """
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlsplit
-from xml.sax.saxutils import quoteattr
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from twilio.request_validator import RequestValidator
 
 from parley.config import TwilioSettings
+from parley.server.fleet_telephony import answer_in_fleet, twiml
 from parley.store import Store
 from parley.telemetry import get_logger
+from parley.transports import twilio_twiml
 from parley.transports.admission import Admission
+from parley.transports.twilio_twiml import connect_stream
+from parley.transports.worker_registry import WorkerRegistry
 
 log = get_logger(__name__)
 
 router = APIRouter(prefix="/v1/telephony/twilio", tags=["telephony"])
 
-MEDIA_PATH = "/v1/telephony/twilio/media"
 MAX_FORM_BYTES = 16_384
 """Twilio's webhook forms are a few hundred bytes."""
 
@@ -43,10 +50,7 @@ def signed_url(request: Request, settings: TwilioSettings) -> str:
 
 def media_stream_url(request: Request, settings: TwilioSettings) -> str:
     """Where Twilio opens the media WebSocket (wss when the public URL is https)."""
-    base = settings.public_url or str(request.base_url)
-    parts = urlsplit(base)
-    scheme = "wss" if parts.scheme == "https" else "ws"
-    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{MEDIA_PATH}"
+    return twilio_twiml.media_stream_url(settings.public_url or str(request.base_url))
 
 
 async def signed_form(request: Request) -> dict[str, str]:
@@ -89,21 +93,24 @@ async def incoming_call(request: Request) -> Response:
     call_sid = form.get("CallSid", "")
     if not call_sid.startswith("CA") or len(call_sid) > 64:
         raise HTTPException(400, "the webhook has no valid CallSid")
+    registry: WorkerRegistry | None = request.app.state.registry
+    if registry is not None:  # a control plane: the call goes to a worker
+        return await answer_in_fleet(request, registry, form, call_sid)
     admission: Admission = request.app.state.admission
     admission.check_new_session()  # a full server says so (503) before Twilio connects
     store: Store = request.app.state.store
     caller = form.get("From") or None
     record = await store.create_session(user_id=caller, mode="voice", call_sid=call_sid)
     settings: TwilioSettings = request.app.state.settings.telephony.twilio
-    token = request.app.state.tokens.mint(
-        record.id, record.room_id, "user", ttl_secs=settings.stream_token_ttl_secs
+    issuer = request.app.state.tokens
+    # A worker answering its own webhook binds the stream to itself, as the control
+    # plane binds it to the worker it chose (``worker_id`` is None on ``parley serve``).
+    token = issuer.mint(
+        record.id,
+        record.room_id,
+        "user",
+        ttl_secs=settings.stream_token_ttl_secs,
+        worker=issuer.worker_id,
     )
     log.info("incoming call answered", session_id=record.id, call_sid=call_sid)
-    stream = quoteattr(media_stream_url(request, settings))
-    twiml = (
-        '<?xml version="1.0" encoding="UTF-8"?>'
-        f"<Response><Connect><Stream url={stream}>"
-        f'<Parameter name="token" value={quoteattr(token.token)}/>'
-        "</Stream></Connect></Response>"
-    )
-    return Response(twiml, media_type="application/xml")
+    return twiml(connect_stream(media_stream_url(request, settings), token.token))
