@@ -94,6 +94,7 @@ class CallClient:
     _index: int = 0
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _closing: bool = False
 
     session: dict[str, Any] | None = None
     """The session created for this call (when the URL carried no token); after a
@@ -161,6 +162,7 @@ class CallClient:
             await self._ws.close()
 
     async def _stop_tasks(self) -> None:
+        self._closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -243,9 +245,23 @@ class CallClient:
                 if not await self._reconnect(ws.close_code):
                     return
         finally:
-            self.closed.set()
-            async with self._changed:
-                self._changed.notify_all()
+            self.finish()
+
+    def finish(self) -> None:
+        """The call is over: ``closed`` is set, and speech still queued, which will never
+        be sent, fails its futures (with ``reconnect_error`` when the client gave up;
+        cancelled when the caller closed the client)."""
+        self.closed.set()
+        error = self.reconnect_error or ConnectionError("the call ended before this was said")
+        for utterance in self._queue:
+            utterance.started.cancel()
+            if self._closing:
+                utterance.sent.cancel()
+            elif not utterance.sent.done():
+                utterance.sent.set_exception(error)
+        self._queue.clear()
+        self._index = 0
+        self._notify_soon()
 
     async def _record(self, message: str | bytes) -> None:
         now = asyncio.get_running_loop().time()

@@ -196,7 +196,7 @@ class WebRTCCallClient(CallClient):
         self._drop_reason = reason
         self._dropped.set()
         if not self.reconnect:
-            self.closed.set()
+            self.finish()
         self._notify_soon()
 
     async def _silent_for(self, secs: float) -> None:
@@ -228,8 +228,7 @@ class WebRTCCallClient(CallClient):
                 if not await self._reconnect_rtc(reason):
                     return
         finally:
-            self.closed.set()
-            self._notify_soon()
+            self.finish()
 
     async def _reconnect_rtc(self, reason: str) -> bool:
         self.note("client.reconnecting", reason=reason)
