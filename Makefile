@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-fast bench bench-turns bench-webrtc bench-chaos bench-recognizers lint install system-deps postgres redis clean
+.PHONY: run test test-fast bench bench-load bench-turns bench-webrtc bench-chaos bench-recognizers lint install system-deps postgres redis clean
 
 run: install
 	$(BIN)/parley serve
@@ -26,6 +26,15 @@ test-fast: install
 
 bench: install system-deps
 	$(BIN)/python bench/voice_to_voice.py
+
+# Live sessions one worker holds (about 12 minutes on 2 cores): ramped callers against fast
+# local OpenAI-compatible test engines (what is measured is the worker's own work), then
+# the embedded models with the capacity derived from them (the rest get 503).
+# PROFILE=50 samples the worker with py-spy during the 50-session step.
+PROFILE ?=
+bench-load: install system-deps
+	$(BIN)/python bench/load.py $(if $(PROFILE),--profile $(PROFILE))
+	$(BIN)/python bench/load.py --engines embedded
 
 # Where WebRTC audio spends its time, hop by hop, as the media path was and as it is.
 bench-webrtc: install

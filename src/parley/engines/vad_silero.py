@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 from pathlib import Path
 
@@ -34,6 +35,12 @@ class SileroVAD:
         )
         # Tiny per-window calls: one thread serves every session without queueing visibly.
         self._lane = InferenceLane("vad", 1, timeout=10.0, slow_secs=0.5)
+        # Windows that arrive while the lane works wait here and then go to it together:
+        # one hop to the thread (and one back) for every session's window of that moment,
+        # not one each. The model's state is per stream, so it cannot batch the inference
+        # itself (its h/c are for one sequence): the windows run one after another.
+        self._waiting: list[tuple[SileroStream, np.ndarray, asyncio.Future[float]]] = []
+        self._draining: asyncio.Task[None] | None = None
 
     def stream(self) -> SileroStream:
         return SileroStream(self)
@@ -43,6 +50,54 @@ class SileroVAD:
     ) -> tuple[float, np.ndarray, np.ndarray]:
         out, h, c = self._session.run(None, {"input": window[None, :], "h": h, "c": c})
         return float(out.reshape(-1)[0]), h, c
+
+    async def _probability(self, stream: SileroStream, x: np.ndarray) -> float:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[float] = loop.create_future()
+        self._waiting.append((stream, x, future))
+        if self._draining is None:
+            self._draining = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        """Run what waits, in batches, until nothing does."""
+        try:
+            while self._waiting:
+                # Let the windows of this event-loop turn join the batch first.
+                await asyncio.sleep(0)
+                batch, self._waiting = self._waiting, []
+                batch = [item for item in batch if not item[2].done()]
+                if not batch:
+                    continue
+                try:
+                    results = await self._lane.run(self._run_batch, batch)
+                except BaseException as exc:
+                    for _, _, future in batch:
+                        if future.done():
+                            continue
+                        if isinstance(exc, asyncio.CancelledError):
+                            future.cancel()
+                        else:
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, _, future), prob in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(prob)
+        finally:
+            self._draining = None
+
+    def _run_batch(
+        self, batch: list[tuple[SileroStream, np.ndarray, asyncio.Future[float]]]
+    ) -> list[float]:
+        # In the lane's thread; each stream has one window in flight at most (its audio
+        # loop awaits it), so its state is not touched anywhere else meanwhile.
+        probs = []
+        for stream, x, _ in batch:
+            prob, stream._h, stream._c = self._run(x, stream._h, stream._c)
+            probs.append(prob)
+        return probs
 
     def close(self) -> None:
         self._lane.shutdown()
@@ -62,5 +117,4 @@ class SileroStream:
             raise ValueError(f"VAD window must be {WINDOW} samples")
         x = np.concatenate([self._context, window.astype(np.float32)])
         self._context = x[-CONTEXT:]
-        prob, self._h, self._c = await self._vad._lane.run(self._vad._run, x, self._h, self._c)
-        return prob
+        return await self._vad._probability(self, x)

@@ -49,5 +49,9 @@ class DrainingServer(uvicorn.Server):
 
 def serve(app: Any, **config: Any) -> None:
     """Run ``app`` (a Parley app: its ``state.drain``) like ``uvicorn.run``."""
+    # No permessage-deflate: what crosses Parley's sockets is mostly PCM audio, which
+    # compresses poorly, and compressing every 20 ms frame was the largest single cost of
+    # the event loop under load (bench/load.py's profile: 15 % of the loop's samples).
+    config.setdefault("ws_per_message_deflate", False)
     server = DrainingServer(uvicorn.Config(app, **config), app.state.drain)
     server.run()

@@ -1,0 +1,355 @@
+"""Load benchmark: how many live sessions one worker holds.
+
+Ramps live sessions against one ``parley serve`` over the real WebSocket, in real time.
+Each caller speaks real speech (espeak-ng) once the agent listens, a turn about every
+``--turn-every`` seconds (8 s, staggered like real callers), and measures voice-to-voice
+as ``make bench`` does: first agent audio frame louder than -40 dBFS minus the send time
+of the frame holding the caller's last speech sample. A turn with no audible reply within
+``TURN_TIMEOUT_S`` is a failure and counts as infinitely late in the percentiles.
+
+Two modes:
+
+- ``--engines remote`` (default): the worker's STT, LLM and TTS are fast local
+  OpenAI-compatible test servers (``bench/fast_engines.py``, its own process), so the
+  figure is the worker's own work per session: VAD, end of turn, audio framing, events.
+- ``--engines embedded``: the shipped models on this machine's CPU, with the worker's
+  capacity (``server.max_sessions``) as configured: callers past it get 503 / 4503, and the
+  figure shows that the admitted ones keep their voice-to-voice.
+
+Per step: voice-to-voice p50/p95, turns and failures, sessions refused, the worker's CPU
+(% of one core, from /proc), its resident memory and memory per session over the idle
+baseline, and the load generator's and test engines' CPU (they share the cores). The
+answer: the highest step whose p95 is within ``--p95-margin-ms`` (100) of the
+single-session p95. Writes JSON under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from load_callers import CallerPool
+from parley.testing import ServerProcess, free_port, wait_until_answers
+from voice_to_voice import RESULTS, ROOT, STAGES, machine, pct, within
+
+TURN_TIMEOUT_S = 10.0
+
+
+@dataclass
+class ProcessClock:
+    """CPU seconds and resident memory of one process, from /proc."""
+
+    pid: int
+    ticks: float = field(default_factory=lambda: float(os.sysconf("SC_CLK_TCK")))
+
+    def cpu_secs(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime, stime (of the process and its threads) are fields 14 and 15 (1-based).
+        return (int(fields[11]) + int(fields[12])) / self.ticks
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+def _children_cpu(pid: int) -> float:
+    """CPU seconds of ``pid``'s live child processes (Piper's workers)."""
+    total = 0.0
+    for child in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (child / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[1]) == pid:
+            total += ProcessClock(int(child.name)).cpu_secs()
+    return total
+
+
+async def measure_step(
+    pool: CallerPool,
+    sessions: int,
+    window: float,
+    clocks: dict[str, ProcessClock],
+    worker_pid: int,
+    idle_rss: float,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    """Grow the pool to ``sessions``, let the newcomers hear their greeting, then measure
+    the turns whose last word falls in a ``window`` of seconds."""
+    await pool.grow_to(sessions)
+    await asyncio.sleep(min(8.0, pool.turn_every))
+    before = {name: clock.cpu_secs() for name, clock in clocks.items()}
+    before["worker children"] = _children_cpu(worker_pid)
+    me0 = time.process_time()
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    profiler = start_profile(worker_pid, window, profile) if profile else None
+    await asyncio.sleep(window)
+    end = loop.time()
+    if profiler is not None:
+        await asyncio.to_thread(profiler.wait, 30)
+    # Turns spoken in the window may still await their reply.
+    await asyncio.sleep(TURN_TIMEOUT_S)
+    elapsed = end - start
+    cpu = {name: clock.cpu_secs() - before[name] for name, clock in clocks.items()}
+    cpu["worker children"] = _children_cpu(worker_pid) - before["worker children"]
+    cpu["load generator"] = time.process_time() - me0
+    turns = [t for t in pool.turns if start <= t.sent_at < end]
+    heard = [t.voice_to_voice_ms for t in turns if t.voice_to_voice_ms is not None]
+    failures = len(turns) - len(heard)
+    stages = {
+        key: pct(
+            [
+                t.stages[key]
+                for t in turns
+                if t.stages and isinstance(t.stages.get(key), int | float)
+            ],
+            50,
+        )
+        for key in STAGES
+    }
+    rss = clocks["worker"].rss_mb()
+    live = pool.live
+    return {
+        "sessions": sessions,
+        "live": live,
+        "refused": pool.refused,
+        "turns": len(turns),
+        "failures": failures,
+        "voice_to_voice_ms": {"p50": pct(heard, 50, failures), "p95": pct(heard, 95, failures)},
+        "server_stage_p50_ms": stages,
+        # Over the measuring window only; the reply wait after it is not counted.
+        "cpu_percent_of_one_core": {
+            name: round(100 * secs / (elapsed + TURN_TIMEOUT_S), 1) for name, secs in cpu.items()
+        },
+        "worker_rss_mb": round(rss, 1),
+        "worker_mb_per_session": round((rss - idle_rss) / live, 2) if live else None,
+    }
+
+
+def start_profile(pid: int, secs: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the worker (all threads, without pausing it) for ``secs``."""
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(secs)),
+            "--rate",
+            "200",
+            "--nonblocking",
+            "--threads",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def profile_summary(path: Path, top: int = 25) -> dict[str, Any]:
+    """Where the worker's samples went: per thread, and per function by self and by
+    inclusive share of all samples (py-spy's collapsed stacks)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        threads[frames[0]] = threads.get(frames[0], 0) + n
+        for name in set(frames[1:]):
+            inclusive[name] = inclusive.get(name, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+
+    def share(table: dict[str, int]) -> list[tuple[str, float]]:
+        ranked = sorted(table.items(), key=lambda kv: -kv[1])[:top]
+        return [(name, round(100 * n / total, 1)) for name, n in ranked]
+
+    return {
+        "samples": total,
+        "threads": share(threads),
+        "self": share(own),
+        "inclusive": share(inclusive),
+    }
+
+
+def start_fast_engines(log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    out = open(log, "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fast_engines.py"), "--port", str(port)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until_answers(proc, f"{url}/v1/models", 60, log)
+    return proc, f"{url}/v1"
+
+
+def remote_env(base_url: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for stage in ("STT", "LLM", "TTS"):
+        env[f"PARLEY_{stage}__PROVIDER"] = "openai"
+        env[f"PARLEY_{stage}__BASE_URL"] = base_url
+        env[f"PARLEY_{stage}__MODEL"] = "fast-test"
+    return env
+
+
+async def run_ramp(
+    server: ServerProcess,
+    steps: list[int],
+    args: argparse.Namespace,
+    clocks: dict[str, ProcessClock],
+) -> dict[str, Any]:
+    rng = random.Random(args.seed)
+    idle_rss = clocks["worker"].rss_mb()
+    async with CallerPool(server.http, args.turn_every, TURN_TIMEOUT_S, rng) as pool:
+        # The single-session figure: one caller, turns back to back.
+        single_pool_turns = await pool.single(args.single_turns)
+        heard = [t.voice_to_voice_ms for t in single_pool_turns if t.voice_to_voice_ms is not None]
+        failures = len(single_pool_turns) - len(heard)
+        single = {
+            "turns": len(single_pool_turns),
+            "failures": failures,
+            "voice_to_voice_ms": {
+                "p50": pct(heard, 50, failures),
+                "p95": pct(heard, 95, failures),
+            },
+        }
+        print(
+            f"single session, {single['turns']} turns ({failures} failed): voice-to-voice "
+            f"p50 {single['voice_to_voice_ms']['p50']} ms, "
+            f"p95 {single['voice_to_voice_ms']['p95']} ms",
+            flush=True,
+        )
+        levels = []
+        for n in steps:
+            profile = RESULTS / f"profile-load-{n}.txt" if n in args.profile else None
+            row = await measure_step(
+                pool, n, args.step_secs, clocks, server.proc.pid, idle_rss, profile
+            )
+            if profile is not None and profile.exists():
+                row["profile"] = profile_summary(profile)
+            levels.append(row)
+            v2v, cpu = row["voice_to_voice_ms"], row["cpu_percent_of_one_core"]
+            print(
+                f"{n:>3} sessions ({row['live']} live, {row['refused']} refused), "
+                f"{row['turns']} turns ({row['failures']} failed): voice-to-voice p50 "
+                f"{v2v['p50']} ms, p95 {v2v['p95']} ms; worker CPU {cpu['worker']} % of a "
+                f"core, {row['worker_mb_per_session']} MB/session; load generator "
+                f"{cpu['load generator']} %, engines {cpu.get('engines', '-')} %",
+                flush=True,
+            )
+            print(f"      server stage p50 (ms): {row['server_stage_p50_ms']}", flush=True)
+    limit = single["voice_to_voice_ms"]["p95"]
+    held = 0
+    if isinstance(limit, float | int):
+        for row in levels:
+            if row["live"] and within(row["voice_to_voice_ms"]["p95"], limit + args.p95_margin_ms):
+                held = max(held, row["live"])
+    return {"single_session": single, "steps": levels, "sessions_held": held}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--engines", choices=["remote", "embedded"], default="remote")
+    parser.add_argument("--steps", default=None, help="comma-separated session counts")
+    parser.add_argument("--step-secs", type=float, default=40.0)
+    parser.add_argument("--turn-every", type=float, default=8.0)
+    parser.add_argument("--single-turns", type=int, default=20)
+    parser.add_argument("--p95-margin-ms", type=float, default=100.0)
+    parser.add_argument("--max-sessions", type=int, default=None, help="the worker's capacity")
+    parser.add_argument(
+        "--profile",
+        type=lambda v: {int(s) for s in v.split(",")},
+        default=set(),
+        help="steps (session counts) whose window py-spy samples",
+    )
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the worker")
+    args = parser.parse_args()
+    remote = args.engines == "remote"
+    steps = [
+        int(s) for s in (args.steps or ("1,10,20,30,40,50,60" if remote else "1,2,3,4")).split(",")
+    ]
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    env = dict(kv.split("=", 1) for kv in args.env)
+    env.setdefault("PARLEY_LOG_LEVEL", "WARNING")
+    db = RESULTS / f"bench-load-{args.engines}.db"
+    db.unlink(missing_ok=True)
+    env.setdefault("PARLEY_SERVER__DATABASE_URL", f"sqlite:///{db}")
+    capacity = args.max_sessions or (max(steps) + 5 if remote else None)
+    if capacity is not None:
+        env["PARLEY_SERVER__MAX_SESSIONS"] = str(capacity)
+    engines = None
+    clocks: dict[str, ProcessClock] = {}
+    try:
+        if remote:
+            engines, base_url = start_fast_engines(RESULTS / "fast-engines.log")
+            env.update(remote_env(base_url))
+            clocks["engines"] = ProcessClock(engines.pid)
+        server = ServerProcess(env, RESULTS / f"server-load-{args.engines}.log", cwd=ROOT)
+        clocks["worker"] = ProcessClock(server.proc.pid)
+        try:
+            result = asyncio.run(run_ramp(server, steps, args, clocks))
+            capacity_seen = server.health()
+        finally:
+            server.stop()
+    finally:
+        if engines is not None:
+            engines.terminate()
+            engines.wait(timeout=10)
+
+    report = {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "engines": args.engines,
+        "method": {
+            "turn_every_secs": args.turn_every,
+            "step_secs": args.step_secs,
+            "turn_timeout_secs": TURN_TIMEOUT_S,
+            "p95_margin_ms": args.p95_margin_ms,
+            "capacity": capacity,
+            "refused": "sessions the worker refused (503 at POST /v1/sessions or close 4503)",
+        },
+        "health_at_end": capacity_seen,
+        **result,
+    }
+    out = RESULTS / f"load-{args.engines}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps(report, indent=2))
+    single_p95 = result["single_session"]["voice_to_voice_ms"]["p95"]
+    print(
+        f"\nParley load benchmark ({args.engines} engines) — {report['machine']['cpu']}, "
+        f"{report['machine']['cores']} cores"
+    )
+    print(
+        f"highest step with voice-to-voice p95 <= single-session p95 ({single_p95} ms) "
+        f"+ {args.p95_margin_ms:.0f} ms: {result['sessions_held']} live sessions"
+    )
+    print(f"results: {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
