@@ -284,6 +284,9 @@ def main() -> None:
     env.setdefault("PARLEY_LOG_LEVEL", "WARNING")
     env.setdefault("PARLEY_TELEPHONY__TWILIO__AUTH_TOKEN", AUTH_TOKEN)
     env.setdefault("PARLEY_SERVER__DATABASE_URL", f"sqlite:///{RESULTS / 'bench.db'}")
+    # What is measured here is how many sessions this machine holds: the capacity derived
+    # from the engines (parley.engines.capacity) must not refuse the steps above it.
+    env.setdefault("PARLEY_SERVER__MAX_SESSIONS", str(args.max_sessions + 1))
     ws_prompts = UTTERANCES[: args.utterances]
     rtc_prompts = WEBRTC_UTTERANCES[: args.utterances]
     phone_prompts = PHONE_UTTERANCES[: args.utterances]

@@ -109,12 +109,13 @@ class ServerSettings(BaseModel):
     turn_lease_secs: float = Field(default=15.0, ge=0.5)
     """A process working on a turn renews its claim this often (a third of it, in fact);
     a turn whose claim lapsed (its process died) is taken over by a retry with its key."""
-    max_sessions: int = Field(default=8, ge=1)
+    max_sessions: int | None = Field(default=None, ge=1)
     """Live voice sessions this process takes on (each session id once, whichever
     transport holds it). Past it new sessions and connections get 503 + Retry-After (close
-    4503 on the WebSocket), never a slower call for everyone. 8: the voice-to-voice
-    benchmark on a 2-core machine holds about that many concurrent sessions within a p95
-    of 1.5 s; measure your machine (``make bench``) and set it from that."""
+    4503 on the WebSocket), never a slower call for everyone. Unset: derived from the
+    engines and the cores (``parley.engines.capacity``: embedded models on the CPU 1 per
+    core, all stages remote 15 per core, from ``make bench`` and ``make bench-load``);
+    measure your machine and set it from that."""
     retry_after_secs: int = Field(default=5, ge=1)
     """The ``Retry-After`` of a refusal for lack of room (and of a ``/ready`` that is not)."""
     drain_deadline_secs: float = Field(default=30.0, ge=0)

@@ -41,7 +41,7 @@ class LlamaLLM:
     def __init__(self, settings: LLMSettings) -> None:
         from llama_cpp import Llama, LlamaRAMCache
 
-        use_gpu = device.resolve(settings.device, _llama_supports_gpu()) == "cuda"
+        use_gpu = device.resolve(settings.device, llama_supports_gpu()) == "cuda"
         self._settings = settings
         self._llm = Llama(
             model_path=str(settings.model_path or default_model_path()),
@@ -181,7 +181,7 @@ def _prefix_formatter(llm: Any) -> Any:
     return Jinja2ChatFormatter(template, eos, bos, add_generation_prompt=False)
 
 
-def _llama_supports_gpu() -> bool:
+def llama_supports_gpu() -> bool:
     try:
         import llama_cpp
 

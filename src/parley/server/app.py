@@ -20,6 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from parley import __version__
 from parley.config import Settings, load_settings
 from parley.engines import Engines, load_engines
+from parley.engines.capacity import session_capacity
 from parley.orchestration import Orchestrator
 from parley.orchestration.agent_actions import AgentActions
 from parley.orchestration.ledger import ToolLedger
@@ -99,6 +100,8 @@ def create_app(
             app.state.engines = None  # the workers talk; the control plane dispatches
         else:
             app.state.engines = engines if engines is not None else await load_engines(settings)
+            capacity = app.state.capacity
+            log.info("capacity", max_sessions=capacity.sessions, basis=capacity.basis)
         app.state.readiness = ReadinessProbe.for_app(app.state)
         tts = getattr(app.state.engines, "tts", None)  # absent for an HTTP-only app
         app.state.phrases = (
@@ -168,7 +171,10 @@ def create_app(
     app.state.webrtc_peers = {}
     app.state.listen_peers = {}
     app.state.supervision = SupervisionHub()
-    app.state.admission = Admission(app.state, settings.server)
+    app.state.capacity = session_capacity(settings)
+    app.state.admission = Admission(
+        app.state, settings.server, capacity=app.state.capacity.sessions
+    )
     app.state.drain = Drain(app, settings.server.drain_deadline_secs)
     app.state.creation_limiter = CreationRateLimiter(
         settings.server.session_create_rate, settings.server.session_create_burst

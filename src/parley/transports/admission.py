@@ -60,6 +60,10 @@ class ServerDraining(ServerFull):
         )
 
 
+DEFAULT_CAPACITY = 8
+"""Without a figure from the app (a unit test's Admission): the old fixed default."""
+
+
 class Admission:
     """Counts the live sessions of one app (``state`` is its ``app.state``: the voice
     sessions in ``sessions``, the WebRTC peers in ``webrtc_peers``) and says who may come
@@ -71,9 +75,13 @@ class Admission:
         state: Any,
         settings: ServerSettings,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        capacity: int | None = None,
     ) -> None:
         self._state = state
-        self.max_sessions = settings.max_sessions
+        # ``capacity``: the app's figure (parley.engines.capacity), which is
+        # ``server.max_sessions`` when that is set.
+        self.max_sessions = capacity or settings.max_sessions or DEFAULT_CAPACITY
         self.retry_after_secs = settings.retry_after_secs
         self.hold_secs = settings.reconnect_hold_secs
         self._clock = clock
