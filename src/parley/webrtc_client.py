@@ -111,7 +111,7 @@ class WebRTCCallClient(CallClient):
 
     async def __aenter__(self) -> WebRTCCallClient:
         if self.session is None:
-            self.session = await create_session(f"{self.base}/v1/ws", consent=self.consent or {})
+            self.session = await create_session(f"{self.base}/v1/ws")
         await self._open(self.session)
         if self.reconnect:
             self._tasks.append(asyncio.ensure_future(self._follow()))
