@@ -4,9 +4,14 @@ a real remote provider is reached through) in front of engines that take a fixed
 time and almost no CPU, so that what ``make bench-load`` measures is Parley's worker,
 not the models.
 
-- STT answers one complete question after ``--stt-ms``. The words do not matter to
-  the figures measured (the worker's time from the caller's last word to its first
-  audio); a complete question keeps the text end-of-turn check from holding the turn.
+- STT answers after ``--stt-ms`` with one of the benchmark callers' sentences, as a
+  recognizer would over one stretch of speech: which sentence is fixed by the stretch's
+  first half second (so a partial, the early final and the final of one stretch agree),
+  and a partial gets its first words (4 a second of audio: the whole sentence by the
+  end of the stretch, as the callers speak under 3 words a second). Not a
+  recognizer: the words only have to behave like real callers' transcripts, because the
+  worker's end-of-turn work depends on them (the text model scores each new text, and
+  decides whether the audio model is needed at all).
 - The LLM streams a two-sentence answer: first token after ``--llm-ttft-ms``, then
   one word every ``--llm-token-ms``.
 - TTS streams real speech (an espeak-ng clip, read once at start), as long as the
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -29,10 +35,17 @@ from parley.audio.pcm import SAMPLE_RATE
 from parley.engine_server import ServedEngines, create_engine_app
 from parley.engines.base import ChatMessage, Transcript
 from parley.testing import caller_speech, trim_silence
+from v2v_prompts import UTTERANCES, WEBRTC_UTTERANCES
 
-QUESTION = "What time do you open on Saturday?"
+QUESTION_WORDS = ("What", "How", "Can", "Could", "When", "Which", "Where", "Is", "Do")
+
+SENTENCES = [
+    f"{text}?" if text.startswith(QUESTION_WORDS) else f"{text}."
+    for text in UTTERANCES + WEBRTC_UTTERANCES
+]
 ANSWER = "We open at nine on Saturday. Anything else I can help with?"
 CHARS_PER_SEC = 14.0
+WORDS_PER_SEC = 4.0
 CHUNK_SECS = 0.1
 SPEED_UP = 10.0
 
@@ -43,7 +56,10 @@ class FastSTT:
 
     async def transcribe(self, audio: np.ndarray) -> Transcript:
         await asyncio.sleep(self.delay)
-        return Transcript(QUESTION, duration_ms=self.delay * 1000)
+        head = np.round(audio[: SAMPLE_RATE // 2] * 1000).astype(np.int32)
+        words = SENTENCES[zlib.crc32(head.tobytes()) % len(SENTENCES)].split()
+        heard = max(1, int(audio.size / SAMPLE_RATE * WORDS_PER_SEC))
+        return Transcript(" ".join(words[:heard]), duration_ms=self.delay * 1000)
 
     @property
     def busy(self) -> bool:

@@ -12,7 +12,7 @@ from parley.config import TurnSettings
 from parley.testing import caller_speech
 from parley.voice.backchannel import Overlap, classify_overlap, repeats_agent
 from parley.voice.echo import EchoReference, echo_similarity
-from parley.voice.endpointing import EndOfTurnEvidence, finish_delay
+from parley.voice.endpointing import EndOfTurnEvidence, audio_matters, finish_delay
 from parley.voice.playout import AudioPlayout
 
 CFG = TurnSettings()
@@ -47,6 +47,28 @@ def test_end_of_turn_delays_stay_ordered_when_only_the_bounds_are_set():
     unsure = EndOfTurnEvidence("Cancel my appointment.", 0.1, CFG.text_threshold)
     assert finish_delay(unsure, cfg) == 0.0
     assert finish_delay(EndOfTurnEvidence("a pizza with", 0.9, 0.9), cfg) == cfg.unfinished_delay
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [CFG, TurnSettings(use_text_hint=False), TurnSettings(min_endpointing_delay=0.0)],
+)
+def test_the_audio_model_is_skipped_only_where_it_cannot_change_the_decision(cfg):
+    """Where ``audio_matters`` says no, every audio verdict gives the same delay (so not
+    running Smart Turn there changes no decision); where it says yes, some two differ."""
+    texts = ["Cancel my appointment.", "I'd like a pizza with", "How much is it?", "So"]
+    p_texts = [None, 0.0, cfg.text_floor / 2, cfg.text_floor, cfg.text_threshold]
+    p_texts += [(cfg.text_threshold + cfg.text_sure) / 2, cfg.text_sure, 0.99]
+    for text in texts:
+        for p_text in p_texts:
+            delays = {
+                finish_delay(EndOfTurnEvidence(text, p_audio, p_text), cfg)
+                for p_audio in (None, 0.0, cfg.eou_threshold / 2, cfg.eou_threshold, 1.0)
+            }
+            if not audio_matters(text, p_text, cfg):
+                assert len(delays) == 1, (text, p_text, delays)
+            elif p_text is not None:
+                assert len(delays) == 2, (text, p_text, delays)
 
 
 @pytest.mark.parametrize(

@@ -44,10 +44,23 @@ class EndOfTurnEvidence:
 
     text: str
     """The transcript of the turn so far."""
-    p_audio: float
-    """Smart Turn's P(complete) on the turn's audio."""
+    p_audio: float | None
+    """Smart Turn's P(complete) on the turn's audio; None when it was not asked, because
+    the words decided alone (:func:`audio_matters`)."""
     p_text: float | None
     """The text model's P(the message ends here); None when it is off or failed."""
+
+
+def audio_matters(text: str, p_text: float | None, cfg: TurnSettings) -> bool:
+    """Whether Smart Turn's verdict can change :func:`finish_delay` once the words are
+    known: not after a dangling word, nor when the text model is sure either way (at or
+    above ``text_sure``, or under ``text_floor``). Then the audio model is not run: it is
+    the largest share of a worker's CPU per turn (``make bench-load``'s profile)."""
+    if cfg.use_text_hint and ends_with_dangling_word(text):
+        return False
+    if p_text is None:
+        return True
+    return cfg.text_floor <= p_text < cfg.text_sure
 
 
 def finish_delay(evidence: EndOfTurnEvidence, cfg: TurnSettings) -> float:
@@ -55,7 +68,7 @@ def finish_delay(evidence: EndOfTurnEvidence, cfg: TurnSettings) -> float:
     text = evidence.text
     if cfg.use_text_hint and ends_with_dangling_word(text):
         return max(cfg.unfinished_delay, cfg.max_endpointing_delay)
-    audio = evidence.p_audio >= cfg.eou_threshold
+    audio = evidence.p_audio is not None and evidence.p_audio >= cfg.eou_threshold
     p_text = evidence.p_text
     if p_text is None:
         # No text model: the audio, and a question mark (Whisper writes one for most

@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 
 from parley.telemetry import get_logger
-from parley.voice.endpointing import EndOfTurnEvidence, finish_delay
+from parley.voice.endpointing import EndOfTurnEvidence, audio_matters, finish_delay
 from parley.voice.events import event
 from parley.voice.response import safe_message
 from parley.voice.session_core import SessionCore
@@ -40,20 +40,35 @@ class TurnEnding(SessionCore):
         self._confirm_turn(turn)
 
     async def _end_of_turn_evidence(self, turn: UserTurn) -> EndOfTurnEvidence:
-        """Smart Turn on the audio and the text model on the words, side by side."""
+        """Smart Turn on the audio and the text model on the words, side by side; the
+        audio model only while its verdict can still change the decision."""
         text = turn.text
-        audio = np.concatenate(list(turn.audio))
-        p_audio, p_text = await asyncio.gather(
-            self.engines.eou.completion_probability(audio),
-            self._text_score(turn, text),
-            return_exceptions=True,
+        cfg = self.settings.turn
+        words = self._text_score(turn, text)
+        if not audio_matters(text, None, cfg):
+            return EndOfTurnEvidence(text, None, await words)
+        if words.done() and not audio_matters(text, words.result(), cfg):
+            return EndOfTurnEvidence(text, None, words.result())
+        audio = asyncio.ensure_future(
+            self.engines.eou.completion_probability(np.concatenate(list(turn.audio)))
         )
+        try:
+            done, _ = await asyncio.wait({audio, words}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            audio.cancel()  # speech resumed: nobody will read it
+            raise
+        if words in done and not audio.done() and not audio_matters(text, words.result(), cfg):
+            # The words decided while the audio model ran or queued: a queued call is
+            # dropped from its lane, a running one's answer is not waited for.
+            audio.cancel()
+            return EndOfTurnEvidence(text, None, words.result())
+        p_audio, p_text = await asyncio.gather(audio, words, return_exceptions=True)
         if isinstance(p_audio, BaseException):
             if not isinstance(p_audio, Exception):
                 raise p_audio
             log.warning("end-of-turn model failed", turn_id=turn.turn_id, error=repr(p_audio))
             self._send_error("eou_error", safe_message("eou_error"), turn.turn_id)
-            p_audio = 1.0 if self.settings.turn.max_endpointing_delay == 0 else 0.0
+            p_audio = 1.0 if cfg.max_endpointing_delay == 0 else 0.0
         if isinstance(p_text, BaseException):
             raise p_text
         return EndOfTurnEvidence(text, p_audio, p_text)
