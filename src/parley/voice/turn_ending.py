@@ -49,7 +49,7 @@ class TurnEnding(SessionCore):
             return EndOfTurnEvidence(text, None, await words)
         if words.done() and not audio_matters(text, words.result(), cfg):
             return EndOfTurnEvidence(text, None, words.result())
-        audio = asyncio.ensure_future(
+        audio: asyncio.Future[float | None] = asyncio.ensure_future(
             self.engines.eou.completion_probability(np.concatenate(list(turn.audio)))
         )
         try:
