@@ -108,6 +108,7 @@ async def measure_step(
     turns = [t for t in pool.turns if start <= t.sent_at < end]
     heard = [t.voice_to_voice_ms for t in turns if t.voice_to_voice_ms is not None]
     failures = len(turns) - len(heard)
+    beyond = [t.beyond_silence_ms for t in turns if t.beyond_silence_ms is not None]
     stages = {
         key: pct(
             [
@@ -125,9 +126,11 @@ async def measure_step(
         "sessions": sessions,
         "live": live,
         "refused": pool.refused,
+        "errors": list(pool.errors),
         "turns": len(turns),
         "failures": failures,
         "voice_to_voice_ms": {"p50": pct(heard, 50, failures), "p95": pct(heard, 95, failures)},
+        "beyond_silence_ms": {"p50": pct(beyond, 50, failures), "p95": pct(beyond, 95, failures)},
         "server_stage_p50_ms": stages,
         # Over the measuring window only; the reply wait after it is not counted.
         "cpu_percent_of_one_core": {
@@ -228,6 +231,7 @@ async def run_ramp(
         # The single-session figure: one caller, turns back to back.
         single_pool_turns = await pool.single(args.single_turns)
         heard = [t.voice_to_voice_ms for t in single_pool_turns if t.voice_to_voice_ms is not None]
+        beyond = [t.beyond_silence_ms for t in single_pool_turns if t.beyond_silence_ms is not None]
         failures = len(single_pool_turns) - len(heard)
         single = {
             "turns": len(single_pool_turns),
@@ -236,11 +240,17 @@ async def run_ramp(
                 "p50": pct(heard, 50, failures),
                 "p95": pct(heard, 95, failures),
             },
+            "beyond_silence_ms": {
+                "p50": pct(beyond, 50, failures),
+                "p95": pct(beyond, 95, failures),
+            },
         }
         print(
             f"single session, {single['turns']} turns ({failures} failed): voice-to-voice "
             f"p50 {single['voice_to_voice_ms']['p50']} ms, "
-            f"p95 {single['voice_to_voice_ms']['p95']} ms",
+            f"p95 {single['voice_to_voice_ms']['p95']} ms; beyond the end-of-turn silence "
+            f"p50 {single['beyond_silence_ms']['p50']} ms, "
+            f"p95 {single['beyond_silence_ms']['p95']} ms",
             flush=True,
         )
         levels = []
@@ -254,21 +264,34 @@ async def run_ramp(
             levels.append(row)
             v2v, cpu = row["voice_to_voice_ms"], row["cpu_percent_of_one_core"]
             print(
-                f"{n:>3} sessions ({row['live']} live, {row['refused']} refused), "
+                f"{n:>3} sessions ({row['live']} live, {row['refused']} refused, "
+                f"{len(row['errors'])} failed to start), "
                 f"{row['turns']} turns ({row['failures']} failed): voice-to-voice p50 "
-                f"{v2v['p50']} ms, p95 {v2v['p95']} ms; worker CPU {cpu['worker']} % of a "
+                f"{v2v['p50']} ms, p95 {v2v['p95']} ms (beyond the silence p50 "
+                f"{row['beyond_silence_ms']['p50']}, p95 {row['beyond_silence_ms']['p95']}); "
+                f"worker CPU {cpu['worker']} % of a "
                 f"core, {row['worker_mb_per_session']} MB/session; load generator "
                 f"{cpu['load generator']} %, engines {cpu.get('engines', '-')} %",
                 flush=True,
             )
             print(f"      server stage p50 (ms): {row['server_stage_p50_ms']}", flush=True)
-    limit = single["voice_to_voice_ms"]["p95"]
-    held = 0
-    if isinstance(limit, float | int):
+    # The end-of-turn silence is 0.25 s or 1.2 s (and between) depending on the words, so
+    # voice-to-voice is bimodal and its p95 moves with the mix of sentences in a step:
+    # held is also judged on what comes on top of the chosen silence (what load changes).
+    held: dict[str, int] = {}
+    for key in ("voice_to_voice_ms", "beyond_silence_ms"):
+        held[key] = 0
+        limit = single[key]["p95"]
         for row in levels:
-            if row["live"] and within(row["voice_to_voice_ms"]["p95"], limit + args.p95_margin_ms):
-                held = max(held, row["live"])
-    return {"single_session": single, "steps": levels, "sessions_held": held}
+            ok = row["live"] and not row["failures"] and not row["errors"]
+            if ok and within(row[key]["p95"], float(limit) + args.p95_margin_ms):
+                held[key] = max(held[key], row["live"])
+    return {
+        "single_session": single,
+        "steps": levels,
+        "sessions_held": held["voice_to_voice_ms"],
+        "sessions_held_beyond_silence": held["beyond_silence_ms"],
+    }
 
 
 def main() -> None:
@@ -290,9 +313,7 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the worker")
     args = parser.parse_args()
     remote = args.engines == "remote"
-    steps = [
-        int(s) for s in (args.steps or ("1,10,20,30,40,50,60" if remote else "1,2,3,4")).split(",")
-    ]
+    steps = [int(s) for s in (args.steps or ("10,20,30,40,50" if remote else "1,2,3,4")).split(",")]
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     env = dict(kv.split("=", 1) for kv in args.env)
@@ -340,13 +361,16 @@ def main() -> None:
     out = RESULTS / f"load-{args.engines}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps(report, indent=2))
     single_p95 = result["single_session"]["voice_to_voice_ms"]["p95"]
+    single_beyond = result["single_session"]["beyond_silence_ms"]["p95"]
     print(
         f"\nParley load benchmark ({args.engines} engines) — {report['machine']['cpu']}, "
         f"{report['machine']['cores']} cores"
     )
     print(
-        f"highest step with voice-to-voice p95 <= single-session p95 ({single_p95} ms) "
-        f"+ {args.p95_margin_ms:.0f} ms: {result['sessions_held']} live sessions"
+        f"highest step with no failed turn and p95 within {args.p95_margin_ms:.0f} ms of one "
+        f"session's: {result['sessions_held']} live sessions on voice-to-voice "
+        f"(single {single_p95} ms), {result['sessions_held_beyond_silence']} on what comes "
+        f"beyond the end-of-turn silence (single {single_beyond} ms)"
     )
     print(f"results: {out.relative_to(ROOT)}")
 

@@ -68,6 +68,16 @@ class Turn:
     voice_to_voice_ms: float | None = None
     stages: dict[str, Any] | None = None
     """The server's own figures for the turn (its ``turn.metrics`` event)."""
+    eou_delay: float | None = None
+    """The silence the end-of-turn rule chose to wait (``turn.ended``), in seconds."""
+
+    @property
+    def beyond_silence_ms(self) -> float | None:
+        """Voice-to-voice less the end-of-turn silence the rule chose: what the worker
+        and engines took on top of the wait the caller's words called for."""
+        if self.voice_to_voice_ms is None or self.eou_delay is None:
+            return None
+        return round(self.voice_to_voice_ms - self.eou_delay * 1000, 1)
 
 
 @dataclass
@@ -117,7 +127,10 @@ class Caller:
                         self.heard.set()
                     continue
                 event = json.loads(message)
-                if event.get("type") == "turn.metrics":
+                if event.get("type") == "turn.ended":
+                    if self.turn is not None and self.turn.eou_delay is None:
+                        self.turn.eou_delay = event.get("eou_delay")
+                elif event.get("type") == "turn.metrics":
                     if self.turn is not None and self.turn.stages is None:
                         self.turn.stages = event
                 elif event.get("type") == "agent.state":
@@ -147,6 +160,8 @@ class CallerPool:
         self.rng = rng
         self.turns: list[Turn] = []
         self.refused = 0
+        self.errors: list[str] = []
+        """Sessions that could not start for another reason (a 500, a refused upgrade)."""
         self.callers: list[Caller] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._started = 0
@@ -210,8 +225,9 @@ class CallerPool:
         except (httpx.HTTPStatusError, InvalidStatus) as exc:
             if refused(exc):
                 self.refused += 1
-                return None
-            raise
+            else:  # an overloaded worker's error is a figure of the step, not the end
+                self.errors.append(f"{type(exc).__name__}: {exc}".splitlines()[0])
+            return None
         caller = Caller(index, ws, self.turns)
         self.callers.append(caller)
         self._tasks.append(asyncio.create_task(caller.read()))
@@ -268,7 +284,7 @@ class CallerPool:
     async def grow_to(self, sessions: int) -> None:
         """Start callers until ``sessions`` were tried in this pool's ramp (refused ones
         count): each first speaks at a random moment of its first ``turn_every``."""
-        while len(self.callers) + self.refused < sessions:
+        while len(self.callers) + self.refused + len(self.errors) < sessions:
             caller = await self._connect()
             if caller is not None:
                 delay = self.rng.uniform(0, self.turn_every)

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from parley.config import Settings
 
 EMBEDDED_SESSIONS_PER_CORE = 1.0
-REMOTE_SESSIONS_PER_CORE = 15.0
+REMOTE_SESSIONS_PER_CORE = 10.0
 GPU_SESSIONS = 8
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")

@@ -140,7 +140,11 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=5000")
+    # A writer waits up to 30 s for the write lock: on an event loop that is busy (a
+    # worker past its capacity, in make bench-load) a unit of work holding the lock across
+    # its awaits can keep it for seconds, and after 5 s the others' turns, segments and
+    # new sessions failed to be stored ("database is locked").
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 
