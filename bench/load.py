@@ -226,7 +226,6 @@ async def run_ramp(
     clocks: dict[str, ProcessClock],
 ) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    idle_rss = clocks["worker"].rss_mb()
     async with CallerPool(server.http, args.turn_every, TURN_TIMEOUT_S, rng) as pool:
         # The single-session figure: one caller, turns back to back.
         single_pool_turns = await pool.single(args.single_turns)
@@ -253,6 +252,10 @@ async def run_ramp(
             f"p95 {single['beyond_silence_ms']['p95']} ms",
             flush=True,
         )
+        # The baseline once the single session is over: what its first call allocated for
+        # good (model buffers, caches) is not any later session's.
+        await asyncio.sleep(2)
+        idle_rss = clocks["worker"].rss_mb()
         levels = []
         for n in steps:
             profile = RESULTS / f"profile-load-{n}.txt" if n in args.profile else None

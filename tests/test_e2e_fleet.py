@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from conftest import (
+    ADMIN_KEY,
     ARTIFACTS,
     ROOT,
     TOKEN_SECRET,
@@ -77,6 +78,7 @@ def fleet_env(database_url: str, redis_url: str) -> dict[str, str]:
         "PARLEY_FLEET__REDIS_URL": redis_url,
         "PARLEY_FLEET__HEARTBEAT_SECS": "0.5",
         "PARLEY_FLEET__EXPIRY_SECS": str(EXPIRY_SECS),
+        "PARLEY_TELEMETRY__ADMIN_KEY": ADMIN_KEY,
     }
 
 
@@ -299,6 +301,48 @@ async def test_a_killed_workers_session_resumes_on_the_other_worker(fleet: Fleet
         await again.say(caller("Can you tell me a fun fact about the moon"))
         _, nxt = await again.wait_for("turn.ended", timeout=20)
         assert nxt["turn_id"] == 2
+
+
+async def test_a_drained_worker_takes_nobody_new_and_its_callers_move_on(fleet: Fleet) -> None:
+    """A worker drained through its admin API (as `parley drain` in its preStop hook):
+    the registry says so at its next beat, the control plane sends new sessions to the
+    other worker, and at the drain's deadline its live call is closed with the
+    reconnectable 1012, after which the caller's client lands on the other worker."""
+    if fleet.workers["worker-a"].proc.poll() is not None:
+        fleet.start_worker("worker-a")  # the test before killed it
+    await fleet.until(lambda f: len(f) == 2 and all(w.live == 0 for w in f.values()), 20)
+    call = CallClient(fleet.control.ws_url, reconnect=True)
+    loop = asyncio.get_running_loop()
+    async with call:
+        assert call.session is not None
+        mine = call.session["worker_id"]
+        other = ({"worker-a", "worker-b"} - {mine}).pop()
+        await call.wait_for("session.started")
+        worker = fleet.workers[mine]
+        async with httpx.AsyncClient(base_url=worker.http, timeout=10) as http:
+            minted = await http.post(
+                "/v1/admin/tokens", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            )
+            assert minted.status_code == 201, minted.text
+            auth = {"Authorization": f"Bearer {minted.json()['token']}"}
+            r = await http.post("/v1/admin/drain", json={"deadline_secs": 2}, headers=auth)
+            assert r.status_code in (200, 202), r.text
+            drained_at = loop.time()
+            await fleet.until(lambda f: f[mine].draining, timeout=5)
+            # Nobody new: the control plane dispatches to the other worker...
+            fresh = await create(fleet)
+            assert fresh["worker_id"] == other
+            # ...and the drained worker itself refuses a new session.
+            assert (await http.post("/v1/sessions", json={})).status_code == 503
+        # At the deadline the live call is closed for a restart, and moves on.
+        _, back = await call.wait_for("client.reconnected", after=drained_at, timeout=30)
+        _, started = await call.wait_for("session.started", after=drained_at)
+        assert back["worker_id"] == other and call.reconnects == 1
+        assert started["resumed"] and started["session_id"] == call.session_id()
+        closes = [
+            e for t, e in call.events if t > drained_at and e["type"] == "client.reconnecting"
+        ]
+        assert closes and closes[0].get("close_code") == 1012, closes
 
 
 def test_fleet_commands_refuse_to_start_without_the_registry() -> None:
