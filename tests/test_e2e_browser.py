@@ -134,7 +134,10 @@ def inspect_the_conversation(page, server, session_id: str) -> None:
         for s in turn.locator(".facts span[data-mark]").all()
     }
     assert 0 < facts["turn confirmed"] <= facts["first audio sent"] < 5_000, facts
-    assert "end of turn: audio" in turn.locator(".facts .eou").inner_text()
+    # Smart Turn's verdict, or that the words decided without it; and the silence waited.
+    eou = turn.locator(".facts .eou").inner_text()
+    fact = r"end of turn: audio (\d\.\d\d|not asked), words \d\.\d\d, waited \d+ ms"
+    assert re.match(fact, eou), eou
     assert page.locator("#session-events li[data-stage='transport.connected']").count() >= 1
     page.screenshot(path=str(ARTIFACTS / "inspector-waterfall.png"), full_page=True)
 

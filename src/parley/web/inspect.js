@@ -98,9 +98,15 @@ function drawTurn(turn, axis) {
   const facts = element("p", { class: "facts" });
   for (const m of turn.marks) facts.append(element("span", { "data-mark": m.label }, `${m.label} ${Math.round(m.at_ms)} ms`));
   const eot = turn.end_of_turn || {};
-  if (eot.eou_probability != null) facts.append(element("span", { class: "eou" }, `end of turn: audio ${eot.eou_probability.toFixed(2)}`
-    + (eot.eou_text_probability != null ? `, words ${eot.eou_text_probability.toFixed(2)}` : "")
-    + (eot.eou_delay != null ? `, waited ${Math.round(eot.eou_delay * 1000)} ms` : "")));
+  // The audio model is not asked when the words decide alone: say so rather than hide it.
+  const evidence = [
+    eot.eou_probability != null ? `audio ${eot.eou_probability.toFixed(2)}` : "audio not asked",
+    eot.eou_text_probability != null ? `words ${eot.eou_text_probability.toFixed(2)}` : null,
+    eot.eou_delay != null ? `waited ${Math.round(eot.eou_delay * 1000)} ms` : null,
+  ].filter(Boolean);
+  if (eot.eou_probability != null || eot.eou_text_probability != null || eot.eou_delay != null) {
+    facts.append(element("span", { class: "eou" }, `end of turn: ${evidence.join(", ")}`));
+  }
   for (const tool of turn.tools) facts.append(element("span", { class: "tool" }, `tool ${tool.tool}: ${tool.status} in ${tool.duration_ms ?? "?"} ms`));
   for (const f of turn.failovers || []) facts.append(element("span", { class: "error" }, `failover ${f.stage}: ${f.from} (${f.kind}) → ${f.to ?? "none left"}`));
   for (const err of turn.errors) facts.append(element("span", { class: "error" }, `error ${err.code}${err.stage ? ` (${err.stage})` : ""}`));
