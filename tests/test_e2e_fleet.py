@@ -22,10 +22,10 @@ from conftest import (
     ADMIN_KEY,
     ARTIFACTS,
     ROOT,
-    TOKEN_SECRET,
     _create_postgres_database,
     _drop_postgres_database,
 )
+from fleet_helpers import EXPIRY_SECS, fleet_env, registry_until
 from parley.client import CallClient
 from parley.testing import RedisServer, ServerProcess
 from parley.transports.worker_registry import WorkerInfo, WorkerRegistry
@@ -34,7 +34,6 @@ from voice_helpers import stored_record, wait_reply_done
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 
-EXPIRY_SECS = 2.0
 CAPACITY = 2
 
 
@@ -57,29 +56,16 @@ class Fleet:
     async def until(
         self, check: Callable[[dict[str, WorkerInfo]], bool], timeout: float = 10.0
     ) -> dict[str, WorkerInfo]:
-        """The registry, by worker id, once ``check`` holds for it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = {w.worker_id: w for w in await self.registry.workers()}
-            if check(found):
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the registry never matched: {found}")
-            await asyncio.sleep(0.1)
+        return await registry_until(self.registry, check, timeout)
 
 
-def fleet_env(database_url: str, redis_url: str) -> dict[str, str]:
-    return {
-        "PARLEY_CONFIG": str(ROOT / "tests" / "parley.test.toml"),
-        "PARLEY_SERVER__DATABASE_URL": database_url,
-        "PARLEY_SERVER__TOKEN_SECRET": TOKEN_SECRET,
-        "PARLEY_SERVER__SESSION_CREATE_RATE": "0",
-        "PARLEY_SERVER__READINESS_CACHE_SECS": "0",
-        "PARLEY_FLEET__REDIS_URL": redis_url,
-        "PARLEY_FLEET__HEARTBEAT_SECS": "0.5",
-        "PARLEY_FLEET__EXPIRY_SECS": str(EXPIRY_SECS),
-        "PARLEY_TELEMETRY__ADMIN_KEY": ADMIN_KEY,
-    }
+def env_of(database_url: str, redis_url: str) -> dict[str, str]:
+    return fleet_env(
+        database_url,
+        redis_url,
+        PARLEY_SERVER__READINESS_CACHE_SECS="0",
+        PARLEY_TELEMETRY__ADMIN_KEY=ADMIN_KEY,
+    )
 
 
 def start_worker(env: dict[str, str], name: str) -> ServerProcess:
@@ -97,7 +83,7 @@ async def fleet() -> AsyncIterator[Fleet]:
     again, but the last one."""
     database_url = await _create_postgres_database()
     redis = RedisServer()
-    env = fleet_env(database_url, redis.url)
+    env = env_of(database_url, redis.url)
     started: list[ServerProcess] = []
     try:
         workers = {}

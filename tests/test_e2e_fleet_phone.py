@@ -12,7 +12,6 @@ TwiML, with no session left behind; an unsigned webhook is 403."""
 from __future__ import annotations
 
 import asyncio
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -38,15 +37,15 @@ from fake_twilio import (
     send_voice_webhook,
     sign,
 )
+from fleet_helpers import fleet_env, registry_until
 from parley.server.tokens import TokenIssuer
 from parley.store import Database, Store
 from parley.testing import RedisServer, ServerProcess
-from parley.transports.worker_registry import RegistryUnavailable, WorkerInfo, WorkerRegistry
+from parley.transports.worker_registry import WorkerInfo, WorkerRegistry
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 
 AUTH_TOKEN = "twilio-auth-token-for-the-fleet-0123"
-EXPIRY_SECS = 2.0
 QUESTION = "What is the capital city of France"
 
 
@@ -61,41 +60,25 @@ class Fleet:
     async def until(
         self, check: Callable[[dict[str, WorkerInfo]], bool], timeout: float = 10.0
     ) -> dict[str, WorkerInfo]:
-        """The registry, by worker id, once ``check`` holds for it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                found = {w.worker_id: w for w in await self.registry.workers()}
-            except RegistryUnavailable:  # Redis coming back
-                found = {}
-            if check(found):
-                return found
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the registry never matched: {found}")
-            await asyncio.sleep(0.1)
+        return await registry_until(self.registry, check, timeout)
 
     def media_url(self, worker: str) -> str:
         return f"ws://127.0.0.1:{self.workers[worker].port}/v1/telephony/twilio/media"
 
 
-def fleet_env(database_url: str, redis_url: str) -> dict[str, str]:
-    return {
-        "PARLEY_CONFIG": str(ROOT / "tests" / "parley.test.toml"),
-        "PARLEY_SERVER__DATABASE_URL": database_url,
-        "PARLEY_SERVER__TOKEN_SECRET": TOKEN_SECRET,
-        "PARLEY_SERVER__SESSION_CREATE_RATE": "0",
-        "PARLEY_TELEPHONY__TWILIO__AUTH_TOKEN": AUTH_TOKEN,
-        "PARLEY_FLEET__REDIS_URL": redis_url,
-        "PARLEY_FLEET__HEARTBEAT_SECS": "0.5",
-        "PARLEY_FLEET__EXPIRY_SECS": str(EXPIRY_SECS),
-    }
+def env_of(database_url: str, redis_url: str) -> dict[str, str]:
+    return fleet_env(
+        database_url,
+        redis_url,
+        PARLEY_TELEPHONY__TWILIO__AUTH_TOKEN=AUTH_TOKEN,
+    )
 
 
 @pytest.fixture(scope="module")
 async def fleet() -> AsyncIterator[Fleet]:
     database_url = await _create_postgres_database()
     redis = RedisServer()
-    env = fleet_env(database_url, redis.url)
+    env = env_of(database_url, redis.url)
     specs: dict[str, tuple[dict[str, str], str]] = {
         name: (
             {**env, "PARLEY_FLEET__WORKER_ID": name, "PARLEY_SERVER__MAX_SESSIONS": "1"},
