@@ -24,12 +24,11 @@ from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.typing import Subprotocol
 
 from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE, dbfs
+from parley.client import SILENCE, speech_frames
 from parley.testing import caller_speech
 from v2v_prompts import INTRO_COUNT, UTTERANCES, WEBRTC_UTTERANCES, caller_intro
 
 FRAME_SECS = FRAME_SAMPLES / SAMPLE_RATE
-SILENCE = bytes(FRAME_SAMPLES * 2)
-SPEECH_SAMPLE_LEVEL = 300
 LOUD_DBFS = -40.0
 CLOSE_SERVER_FULL = 4503
 
@@ -50,13 +49,7 @@ class Clip:
 
 
 def clip(text: str) -> Clip:
-    pcm = caller_speech(text)
-    n = -(-pcm.size // FRAME_SAMPLES)
-    padded = np.zeros(n * FRAME_SAMPLES, dtype="<i2")
-    padded[: pcm.size] = pcm
-    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > SPEECH_SAMPLE_LEVEL)
-    last = int(loud[-1]) // FRAME_SAMPLES if loud.size else n - 1
-    frames = [padded[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES].tobytes() for i in range(n)]
+    frames, _, last = speech_frames(caller_speech(text))
     return Clip(frames, last)
 
 

@@ -64,6 +64,19 @@ def token_subprotocols(token: str) -> list[Subprotocol]:
 SILENCE = bytes(FRAME_SAMPLES * 2)
 
 
+def speech_frames(pcm: np.ndarray) -> tuple[list[bytes], int, int]:
+    """int16 16 kHz speech as 20 ms microphone frames (the last one padded with silence),
+    with the indices of the frames holding its first and last speech samples."""
+    n = -(-pcm.size // FRAME_SAMPLES)
+    padded = np.zeros(n * FRAME_SAMPLES, dtype="<i2")
+    padded[: pcm.size] = pcm
+    loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > SPEECH_SAMPLE_LEVEL)
+    first = int(loud[0]) // FRAME_SAMPLES if loud.size else 0
+    last = int(loud[-1]) // FRAME_SAMPLES if loud.size else n - 1
+    frames = [padded[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES].tobytes() for i in range(n)]
+    return frames, first, last
+
+
 @dataclass
 class ReceivedAudio:
     at: float
@@ -184,13 +197,7 @@ class CallClient:
     def say_timed(self, pcm: np.ndarray) -> tuple[asyncio.Future[float], asyncio.Future[float]]:
         """:meth:`say`, also telling when the frame holding the first speech sample was
         sent: futures of the loop times of its first and last speech frames."""
-        n = -(-pcm.size // FRAME_SAMPLES)
-        padded = np.zeros(n * FRAME_SAMPLES, dtype="<i2")
-        padded[: pcm.size] = pcm
-        loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > SPEECH_SAMPLE_LEVEL)
-        first = int(loud[0]) // FRAME_SAMPLES if loud.size else 0
-        last = int(loud[-1]) // FRAME_SAMPLES if loud.size else n - 1
-        frames = [padded[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES].tobytes() for i in range(n)]
+        frames, first, last = speech_frames(pcm)
         loop = asyncio.get_running_loop()
         utterance = _Utterance(frames, first, last, loop.create_future(), loop.create_future())
         self._queue.append(utterance)
