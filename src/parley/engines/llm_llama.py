@@ -39,7 +39,9 @@ class LlamaLLM:
     only the new tokens, and a RAM cache keeps other sessions' prefixes too."""
 
     def __init__(self, settings: LLMSettings) -> None:
-        from llama_cpp import Llama, LlamaRAMCache
+        from llama_cpp import Llama
+
+        from parley.engines.llama_prompt_cache import PromptCache
 
         use_gpu = device.resolve(settings.device, llama_supports_gpu()) == "cuda"
         self._settings = settings
@@ -53,7 +55,7 @@ class LlamaLLM:
             n_gpu_layers=-1 if use_gpu else 0,
             verbose=False,
         )
-        self._llm.set_cache(LlamaRAMCache(capacity_bytes=256 << 20))
+        self._llm.set_cache(PromptCache(capacity_bytes=256 << 20))
         self.device = "cuda" if use_gpu else "cpu"
         self._lane = InferenceLane("llm", 1, slow_secs=30.0)
         self._prefix_formatter = _prefix_formatter(self._llm)
