@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test test-fast bench bench-load bench-turns bench-webrtc bench-chaos bench-recognizers lint install system-deps postgres redis clean
+.PHONY: run test test-fast bench bench-answers bench-load bench-turns bench-webrtc bench-chaos bench-recognizers lint install system-deps postgres redis clean
 
 run: install
 	$(BIN)/parley serve
@@ -26,6 +26,13 @@ test-fast: install
 
 bench: install system-deps
 	$(BIN)/python bench/voice_to_voice.py
+
+# Does the agent say the right thing? The shipped agent's knowledge against 84 spoken
+# questions with expected facts (development and held-out sets), per model and way of
+# answering (none / restate / quote); about 10 minutes on 2 cores. MODEL=path.gguf adds
+# a model, REMOTE=http://host/v1 REMOTE_MODEL=name an OpenAI-compatible server.
+bench-answers: install system-deps
+	$(BIN)/python bench/answers.py $(if $(MODEL),--model $(MODEL)) $(if $(REMOTE),--remote $(REMOTE) --remote-model $(or $(REMOTE_MODEL),default))
 
 # Live sessions one worker holds (about 12 minutes on 2 cores): ramped callers against fast
 # local OpenAI-compatible test engines (what is measured is the worker's own work), then

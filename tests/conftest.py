@@ -27,6 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 # shared server (and the in-process apps) hold more test sessions than that at once,
 # some still kept for their reconnect. The tests of capacity itself set their own.
 os.environ.setdefault("PARLEY_SERVER__MAX_SESSIONS", "8")
+# The shipped ./parley.toml is the demo agent (a restaurant's knowledge, whose facts are
+# said in place of the model's answer): the in-process apps, like the shared server, run
+# the test agent file instead, so what a test's engines answer is what it hears. The
+# demo agent has its own tests (test_knowledge*.py, test_e2e_knowledge.py).
+os.environ.setdefault("PARLEY_CONFIG", str(ROOT / "tests" / "parley.test.toml"))
 ARTIFACTS = ROOT / "tests" / "artifacts"
 TOKEN_SECRET = "e2e-secret-0123456789abcdef0123456789abcdef"
 ADMIN_KEY = "e2e-admin-key-0123456789abcdef"

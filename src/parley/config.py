@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -61,6 +61,17 @@ class AgentSettings(BaseModel):
     tools_module: str | None = None
     """``package.module:registry`` — a :class:`parley.orchestration.ToolRegistry` of
     Python tools (declared with its ``@registry.tool`` decorator) the agent may call."""
+    knowledge_file: Path | None = None
+    """A knowledge file: Markdown whose list items are facts, under headings
+    (docs/knowledge.md). The facts relevant to each turn's words ground its reply. A
+    relative path is taken from the agent file's folder (else the working directory)."""
+    knowledge_answers: Literal["auto", "quote", "restate"] = "auto"
+    """``quote``: the best-matching fact is the reply, said as it is (words that match no
+    fact go to the LLM). ``restate``: the relevant facts go into the LLM's prompt and it
+    answers from them. ``auto``: quote with the embedded model (which restated facts
+    correctly about half the time in ``make bench-answers``), restate with a remote one."""
+    knowledge_facts: int = Field(default=2, ge=1, le=10)
+    """How many of the relevant facts the LLM is given when it restates."""
     filler: str = "One moment."
     """Said once in a turn whose answer has no audio ``filler_after_ms`` after the turn
     was confirmed (a slow or failing provider); synthesized at start-up. Empty: never."""

@@ -21,6 +21,7 @@ from parley import __version__
 from parley.config import Settings, load_settings
 from parley.engines import Engines, load_engines
 from parley.engines.capacity import session_capacity
+from parley.knowledge import load_agent_knowledge
 from parley.orchestration import Orchestrator
 from parley.orchestration.agent_actions import AgentActions
 from parley.orchestration.ledger import ToolLedger
@@ -117,6 +118,13 @@ def create_app(
             if structured
             else None
         )
+        app.state.knowledge = load_agent_knowledge(settings)
+        if app.state.knowledge is not None:
+            log.info(
+                "knowledge",
+                facts=len(app.state.knowledge.base.facts),
+                answers=app.state.knowledge.mode,
+            )
         app.state.telemetry = build_telemetry(app.state.engines, settings, app.state.orchestrator)
         # With tools, the voice loop speaks envelopes and acts through the ledger too.
         app.state.agent_actions = (

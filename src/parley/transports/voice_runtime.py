@@ -362,6 +362,7 @@ async def _new_session(
         session_id=session_id,
         recorder=recorder,
         actions=getattr(app.state, "agent_actions", None),
+        knowledge=getattr(app.state, "knowledge", None),
     )
     session.log_transcripts = in_telemetry
     phrases = getattr(app.state, "phrases", None)

@@ -35,15 +35,33 @@ class Replying(SessionCore):
         reply = Reply(turn_id, user_text, playout)
         if confirmed:
             reply.open_gate()
-        prompt = None if script is not None else self.history.prompt(pending_user=user_text)
+        asked = user_text
+        if script is None and user_text is not None and self.knowledge is not None:
+            # With tools the envelope decides (a booking request must reach its tool),
+            # so the facts go to the model even when the agent would quote.
+            grounding = self.knowledge.ground(user_text, quote=self.actions is None)
+            if grounding.quote is not None and grounding.quote == self._last_said():
+                # The caller heard that fact just now and still asks: the model answers
+                # from it (and the other facts) instead of saying it again word for word.
+                grounding = self.knowledge.ground(user_text, quote=False)
+            reply.facts = [f.text for f in grounding.facts]
+            # The history keeps the caller's own words; only this prompt has the facts.
+            asked = grounding.user_message(user_text)
+            script = grounding.quote
+        prompt = None if script is not None else self.history.prompt(pending_user=asked)
         decide = None
-        if self.actions is not None and user_text is not None:
+        if self.actions is not None and asked is not None and script is None:
             window = self.settings.agent.max_history_messages
             earlier = [(m.role, m.content) for m in self.history.messages][-window:]
-            decide = functools.partial(self.actions.decide, earlier, user_text)
+            decide = functools.partial(self.actions.decide, earlier, asked)
         self._reply = reply
         reply.task = self._spawn(self._run_reply(reply, prompt, script, decide), name="reply")
         return reply
+
+    def _last_said(self) -> str | None:
+        """The agent's last reply in the conversation, if the last message is one."""
+        messages = self.history.messages
+        return messages[-1].content if messages and messages[-1].role == "assistant" else None
 
     async def _run_reply(
         self,
@@ -92,6 +110,8 @@ class Replying(SessionCore):
             self._prefill_next_turn()
             if self.recorder is not None:
                 result: dict[str, Any] = {"spoken": reply.full_text()}
+                if reply.facts:
+                    result["facts"] = reply.facts
                 if reply.envelope is not None:
                     result["envelope"] = reply.envelope.model_dump()
                 self.recorder.turn_finished(reply.turn_id, TurnState.COMPLETED, result)

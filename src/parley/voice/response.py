@@ -71,6 +71,8 @@ class Reply:
     envelope: Any = None
     """The action envelope this reply speaks (when the agent has tools)."""
     envelope_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    facts: list[str] = field(default_factory=list)
+    """The knowledge file's facts this reply was grounded on (quoted or restated)."""
 
     @property
     def confirmed(self) -> bool:

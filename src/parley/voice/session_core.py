@@ -18,6 +18,7 @@ import numpy as np
 
 from parley.config import Settings
 from parley.engines import Engines
+from parley.knowledge import AgentKnowledge
 from parley.orchestration.agent_actions import AgentActions
 from parley.telemetry import get_logger
 from parley.voice.echo import EchoReference
@@ -46,10 +47,13 @@ class SessionCore:
         session_id: str | None = None,
         recorder: SessionRecorder | None = None,
         actions: AgentActions | None = None,
+        knowledge: AgentKnowledge | None = None,
     ) -> None:
         self.session_id = session_id or uuid.uuid4().hex
         self.actions = actions
         """Set when the agent has tools: replies are envelopes, tools run via the ledger."""
+        self.knowledge = knowledge
+        """Set when the agent has a knowledge file: its facts ground each reply."""
         self.engines = engines
         self.settings = settings
         self.sink = sink
