@@ -30,7 +30,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import statistics
 import sys
 import time
@@ -42,11 +41,11 @@ import numpy as np
 
 from parley.config import load_settings
 from parley.engine_settings import LLMSettings
-from parley.engines.base import ChatMessage
-from parley.knowledge import AgentKnowledge, load_agent_knowledge
+from parley.evaluation.answering import answer_turn
+from parley.evaluation.scoring import word_errors
+from parley.knowledge import load_agent_knowledge
 from parley.knowledge.answer_check import Question, load_questions, states_facts
 from parley.testing import caller_speech, trim_silence
-from parley.voice.history import ConversationHistory
 from voice_to_voice import RESULTS, ROOT, machine
 
 SETS = {
@@ -65,18 +64,6 @@ class Spoken:
     heard: str
 
 
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(edits, reference words): the Levenshtein distance over lower-cased words."""
-    ref = re.findall(r"[a-z0-9']+", reference.lower())
-    hyp = re.findall(r"[a-z0-9']+", hypothesis.lower())
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, start=1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, start=1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1], len(ref)
-
-
 async def hear(questions: list[Question], stt: Any) -> list[Spoken]:
     """Each question spoken and transcribed by the shipped recognizer."""
     heard = []
@@ -91,28 +78,6 @@ async def hear(questions: list[Question], stt: Any) -> list[Spoken]:
 def typed(questions: list[Question]) -> list[Spoken]:
     """The questions as written: what the answer is worth when every word is heard."""
     return [Spoken(q, "typed", q.text) for q in questions]
-
-
-async def answer(
-    llm: Any, system_prompt: str, knowledge: AgentKnowledge, text: str, mode: str
-) -> tuple[str, float | None]:
-    """The reply to ``text`` and the seconds to its first token (None for a quote)."""
-    asked = text
-    if mode != "none":
-        grounding = knowledge.ground(text, quote=mode == "quote")
-        if grounding.quote is not None:
-            return grounding.quote, None
-        asked = grounding.user_message(text)
-    history = ConversationHistory(system_prompt, 12)
-    messages: list[ChatMessage] = history.prompt(pending_user=asked)
-    started = time.perf_counter()
-    first: float | None = None
-    out: list[str] = []
-    async for token in llm.stream_chat(messages):
-        if first is None:
-            first = time.perf_counter() - started
-        out.append(token)
-    return "".join(out).strip(), first or 0.0
 
 
 def build_llms(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,8 +121,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for (name, how), items in runs.items():
                 answers = []
                 for s in items:
-                    said, first = await answer(
-                        llm, settings.agent.system_prompt, knowledge, s.heard, mode
+                    said, first = await answer_turn(
+                        llm,
+                        settings,
+                        knowledge.with_mode("quote" if mode == "quote" else "restate"),
+                        [],
+                        s.heard,
+                        use_knowledge=mode != "none",
                     )
                     answers.append(
                         {

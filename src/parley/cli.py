@@ -47,6 +47,34 @@ def build_parser() -> argparse.ArgumentParser:
         "(through the control plane that created it) to a live server",
     )
 
+    evaluate = sub.add_parser(
+        "eval",
+        help="play scripted callers (a scenario file) against a running server over the "
+        "real socket, and score them: words heard, facts answered, tool calls, latency, "
+        "turn-taking",
+    )
+    evaluate.add_argument("scenarios", type=Path)
+    evaluate.add_argument("--url", default="ws://127.0.0.1:8000/v1/ws")
+    evaluate.add_argument("--out", type=Path, default=Path("eval-report.json"))
+    evaluate.add_argument(
+        "--judge-url",
+        help="an OpenAI-compatible base URL (…/v1) whose model also grades each answer; "
+        "its key, if any, from PARLEY_EVAL_JUDGE_KEY",
+    )
+    evaluate.add_argument("--judge-model", default="default")
+
+    replay = sub.add_parser(
+        "replay",
+        help="answer a stored session's caller turns again with another agent file "
+        "(prompt, model, knowledge) and show both answers side by side",
+    )
+    replay.add_argument("session_id")
+    replay.add_argument("--config", required=True, type=Path, help="the other agent file")
+    replay.add_argument(
+        "--database", help="where the session is stored (default: server.database_url)"
+    )
+    replay.add_argument("--out", type=Path, help="also write the rows as JSON here")
+
     inspect = sub.add_parser("inspect", help="print a session's turns as waterfalls")
     inspect.add_argument("session_id")
     inspect.add_argument("--url", default="http://127.0.0.1:8000")
@@ -83,6 +111,10 @@ def main(argv: list[str] | None = None) -> None:
         _serve(args, role=args.command)
     elif args.command == "engine-server":
         _engine_server(parser, args)
+    elif args.command == "eval":
+        sys.exit(asyncio.run(_eval(args)))
+    elif args.command == "replay":
+        sys.exit(asyncio.run(_replay(args)))
     elif args.command == "inspect":
         from parley.inspect_report import fetch, format_inspection
 
@@ -98,6 +130,53 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(status), flush=True)
     else:
         sys.exit(asyncio.run(_call(args)))
+
+
+async def _eval(args: argparse.Namespace) -> int:
+    """0 when every scenario passed, 1 when one failed, 2 when the file is unusable."""
+    from parley.evaluation import ScenarioError, load_scenarios, play_scenarios, summary
+    from parley.evaluation.judge import Judge
+    from parley.evaluation.report import totals
+
+    try:
+        scenarios = load_scenarios(args.scenarios)
+    except ScenarioError as exc:
+        print(f"parley eval: {exc}", file=sys.stderr)
+        return 2
+    judge = None
+    if args.judge_url:
+        key = os.environ.get("PARLEY_EVAL_JUDGE_KEY")
+        judge = Judge(args.judge_url, args.judge_model, key)
+    results = await play_scenarios(args.url, scenarios, judge=judge)
+    report = {"scenarios_file": str(args.scenarios), "url": args.url, "results": results}
+    report["totals"] = totals(results)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(summary(results))
+    print(f"report: {args.out}")
+    return 0 if all(r["passed"] for r in results) else 1
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    from parley.config import load_settings
+    from parley.evaluation.replay import SessionNotFound, replay, side_by_side, stored_turns
+
+    # The session is where the server keeps it (this environment's settings); the
+    # answers come from the other agent file.
+    database = args.database or load_settings().server.database_url
+    if not args.config.is_file():
+        print(f"parley replay: no agent file at {args.config}", file=sys.stderr)
+        return 2
+    try:
+        turns = await stored_turns(database, args.session_id)
+    except SessionNotFound as exc:
+        print(f"parley replay: {exc}", file=sys.stderr)
+        return 2
+    os.environ["PARLEY_CONFIG"] = str(args.config)
+    rows = await replay(turns, load_settings())
+    print(side_by_side(rows))
+    if args.out is not None:
+        args.out.write_text(json.dumps({"session_id": args.session_id, "turns": rows}, indent=2))
+    return 0
 
 
 def _serve(args: argparse.Namespace, *, role: str = "serve") -> None:

@@ -61,6 +61,9 @@ class AgentKnowledge:
     mode: AnswerMode
     path: Path
 
+    def with_mode(self, mode: AnswerMode) -> AgentKnowledge:
+        return AgentKnowledge(self.base, mode, self.path)
+
     def ground(self, text: str, *, quote: bool = True) -> Grounding:
         """What the reply to ``text`` is built on; ``quote=False``: never a quote (the
         facts go to the model), whatever the mode."""

@@ -1,0 +1,82 @@
+"""``parley replay``: a stored session's caller turns answered again by another agent
+file (another prompt, model or knowledge), beside what the agent said then.
+
+Each turn is answered after the conversation as it really went (the caller's words and
+the agent's stored replies before it), so each row shows what the other agent would
+have said at that point of the same call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from parley.config import Settings
+from parley.engines.chains import build_llm
+from parley.evaluation.answering import answer_turn
+from parley.knowledge import load_agent_knowledge
+from parley.store import Database, Store
+
+
+class SessionNotFound(LookupError):
+    pass
+
+
+async def stored_turns(database_url: str | None, session_id: str) -> list[tuple[str, str]]:
+    """The session's (caller's words, agent's reply) per turn, in order."""
+    db = Database(database_url)
+    store = Store(db)
+    try:
+        try:
+            found = await store.get_session(session_id)
+        except SQLAlchemyError as exc:
+            # Not the URL: it may hold a password.
+            reason = f"the database holds no Parley sessions ({exc.__class__.__name__})"
+            raise SessionNotFound(reason) from exc
+        if found is None:
+            raise SessionNotFound(f"no session {session_id} in the database")
+        rows = []
+        for turn in await store.turns(session_id):
+            if not turn.user_text:
+                continue
+            result = turn.result or {}
+            said = result.get("spoken") or result.get("heard") or ""
+            rows.append((turn.user_text, str(said)))
+        return rows
+    finally:
+        await db.close()
+
+
+async def replay(turns: list[tuple[str, str]], settings: Settings) -> list[dict[str, Any]]:
+    """Each turn answered by ``settings``' agent: {caller, before, after}."""
+    llm = await build_llm(settings)
+    knowledge = load_agent_knowledge(settings)
+    earlier: list[tuple[str, str]] = []
+    rows = []
+    try:
+        for caller, before in turns:
+            after, _ = await answer_turn(llm, settings, knowledge, earlier, caller)
+            rows.append({"caller": caller, "before": before, "after": after})
+            earlier += [("user", caller), ("assistant", before)]
+    finally:
+        close = getattr(llm, "close", None)
+        if close is not None:
+            result = close()
+            if hasattr(result, "__await__"):
+                await result
+    return rows
+
+
+def side_by_side(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for n, row in enumerate(rows, start=1):
+        same = "  (same)" if row["before"].strip() == row["after"].strip() else ""
+        lines += [
+            f"turn {n}  caller: {row['caller']}",
+            f"        before: {row['before']}",
+            f"        after:  {row['after']}{same}",
+        ]
+    changed = sum(r["before"].strip() != r["after"].strip() for r in rows)
+    lines.append(f"{changed} of {len(rows)} answers changed")
+    return "\n".join(lines)
