@@ -171,3 +171,23 @@ def test_a_broken_question_set_says_where(tmp_path: Path) -> None:
         load_questions(write(tmp_path, "- q: a\n  expect: [[x]]\n- q: b\n", "q.yaml"))
     with pytest.raises(QuestionSetError, match="non-empty list"):
         load_questions(write(tmp_path, "{}", "q.yaml"))
+
+
+def test_numbered_and_wrapped_items_are_facts_and_a_binary_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    facts = load_facts(
+        write(
+            tmp_path, "## Hours\n1. Open at noon,\n   until 10 pm.\n2) Closed Mondays.\n+ Wifi.\n"
+        )
+    )
+    assert [f.text for f in facts] == ["Open at noon, until 10 pm.", "Closed Mondays.", "Wifi."]
+    binary = tmp_path / "binary.md"
+    binary.write_bytes(b"- caf\xe9\n")
+    with pytest.raises(KnowledgeFileError, match="not UTF-8"):
+        load_facts(binary)
+
+
+def test_retrieval_reads_words_of_any_script(tmp_path: Path) -> None:
+    kb = KnowledgeBase.from_file(write(tmp_path, "- Our café serves crème brûlée.\n- Tea.\n"))
+    assert kb.relevant("Is there a café?")[0].text.startswith("Our café")

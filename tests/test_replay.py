@@ -75,4 +75,7 @@ async def test_replay_says_what_is_missing(
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     assert await _replay(args(tmp_path, session_id, empty, other)) == 2
     err = capsys.readouterr().err
-    assert "holds no Parley sessions" in err and "empty.db" not in err
+    assert "could not read sessions" in err and "empty.db" not in err
+    other.write_text('[agent]\nknowledge_file = "missing.md"\n')
+    assert await _replay(args(tmp_path, session_id, url, other)) == 2
+    assert "missing.md" in capsys.readouterr().err

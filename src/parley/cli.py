@@ -159,6 +159,7 @@ async def _eval(args: argparse.Namespace) -> int:
 async def _replay(args: argparse.Namespace) -> int:
     from parley.config import load_settings
     from parley.evaluation.replay import SessionNotFound, replay, side_by_side, stored_turns
+    from parley.knowledge import KnowledgeFileError
 
     # The session is where the server keeps it (this environment's settings); the
     # answers come from the other agent file.
@@ -172,7 +173,11 @@ async def _replay(args: argparse.Namespace) -> int:
         print(f"parley replay: {exc}", file=sys.stderr)
         return 2
     os.environ["PARLEY_CONFIG"] = str(args.config)
-    rows = await replay(turns, load_settings())
+    try:
+        rows = await replay(turns, load_settings())
+    except KnowledgeFileError as exc:
+        print(f"parley replay: {exc}", file=sys.stderr)
+        return 2
     print(side_by_side(rows))
     if args.out is not None:
         args.out.write_text(json.dumps({"session_id": args.session_id, "turns": rows}, indent=2))

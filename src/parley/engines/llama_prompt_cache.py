@@ -9,7 +9,9 @@ with SmolLM2 and 19 GB with a Gemma model before it was stopped).
 A restored state is always evaluated again from its last token before sampling
 (llama-cpp-python sets ``_requires_eval`` in ``load_state``), so the logits it carries
 are never read: an entry keeps a single row (``load_state`` broadcasts it), and every
-byte it does hold counts against the capacity.
+byte it does hold counts against the capacity. That holds with ``logits_all=False`` (how
+``LlamaLLM`` builds its model): with ``logits_all`` (or a draft model) the echo+logprobs
+path reads the restored rows, so this cache is not for such a model.
 """
 
 from __future__ import annotations

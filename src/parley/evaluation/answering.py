@@ -48,4 +48,5 @@ async def answer_turn(
         if first is None:
             first = time.perf_counter() - started
         out.append(token)
-    return "".join(out).strip(), first or 0.0
+    # An empty reply's "first token" is the end of the stream.
+    return "".join(out).strip(), first if first is not None else time.perf_counter() - started

@@ -5,7 +5,7 @@ reported beside the fact check, never in place of it: a judge model can be wrong
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -20,7 +20,7 @@ class Judge:
     base_url: str
     """E.g. ``http://127.0.0.1:8080/v1``."""
     model: str
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # never in a traceback or log
     timeout: float = 30.0
 
     async def grade(self, said: str, answer: str, question: Question) -> dict[str, Any]:

@@ -32,7 +32,7 @@ async def stored_turns(database_url: str | None, session_id: str) -> list[tuple[
             found = await store.get_session(session_id)
         except SQLAlchemyError as exc:
             # Not the URL: it may hold a password.
-            reason = f"the database holds no Parley sessions ({exc.__class__.__name__})"
+            reason = f"could not read sessions from the database ({exc.__class__.__name__})"
             raise SessionNotFound(reason) from exc
         if found is None:
             raise SessionNotFound(f"no session {session_id} in the database")
@@ -50,8 +50,8 @@ async def stored_turns(database_url: str | None, session_id: str) -> list[tuple[
 
 async def replay(turns: list[tuple[str, str]], settings: Settings) -> list[dict[str, Any]]:
     """Each turn answered by ``settings``' agent: {caller, before, after}."""
+    knowledge = load_agent_knowledge(settings)  # first: a bad file fails before a model loads
     llm = await build_llm(settings)
-    knowledge = load_agent_knowledge(settings)
     earlier: list[tuple[str, str]] = []
     rows = []
     try:

@@ -21,6 +21,10 @@ from parley.knowledge.answer_check import states_facts
 Speaker = Callable[[str, str], np.ndarray]
 """Speech for (words, voice): int16 mono 16 kHz."""
 
+SETTLE_SECS = 2.0
+"""After an answer, how long the caller stays silent before the next turn: longer than
+the longest end-of-turn wait, so a turn the agent split in two shows here."""
+
 GREETING_GRACE_SECS = 3.0
 """How long a new session is given to start its greeting before the caller speaks."""
 
@@ -78,36 +82,35 @@ async def _play(
     turns: list[dict[str, Any]],
 ) -> None:
     async with CallClient(url) as call:
-        ready = await _after_greeting(call)
+        await _after_greeting(call)
         for turn in scenario.turns:
             pcm = speak(turn.say, scenario.voice) if turn.say is not None else None
             if pcm is None:
                 assert turn.wav is not None
                 pcm = read_wav(turn.wav)
-            result, ready = await _turn(call, turn, pcm, ready, timeouts)
+            result = await _turn(call, turn, pcm, timeouts)
             if judge is not None and turn.say is not None:
                 result["judge"] = await judge.grade(turn.say, result["answer"], turn.question)
             turns.append(result)
 
 
-async def _after_greeting(call: CallClient) -> float:
-    """The loop time from which the caller may speak: after the greeting, if any."""
-    loop = asyncio.get_running_loop()
+async def _after_greeting(call: CallClient) -> None:
+    """Returns once the caller may speak: after the greeting, if there is one."""
     try:
         spoke_at, _ = await call.wait_for(
             "agent.state", _state("speaking"), timeout=GREETING_GRACE_SECS
         )
     except TimeoutError:
-        return loop.time()  # no greeting
-    done_at, _ = await call.wait_for("agent.state", _state("listening"), after=spoke_at)
-    return done_at
+        return  # no greeting
+    await call.wait_for("agent.state", _state("listening"), after=spoke_at)
 
 
 async def _turn(
-    call: CallClient, turn: ScenarioTurn, pcm: np.ndarray, ready: float, timeouts: Timeouts
-) -> tuple[dict[str, Any], float]:
-    await call.say(pcm)
-    ended_at, ended = await call.wait_for("turn.ended", after=ready, timeout=timeouts.heard)
+    call: CallClient, turn: ScenarioTurn, pcm: np.ndarray, timeouts: Timeouts
+) -> dict[str, Any]:
+    started, _ = call.say_timed(pcm)
+    first_at = await started  # only what ends after the caller began belongs to this turn
+    ended_at, ended = await call.wait_for("turn.ended", after=first_at, timeout=timeouts.heard)
     turn_id = ended["turn_id"]
     spoke_at, _ = await call.wait_for(
         "agent.state", _state("speaking"), after=ended_at, timeout=timeouts.answered
@@ -115,10 +118,19 @@ async def _turn(
     done_at, _ = await call.wait_for(
         "agent.state", _state("listening"), after=spoke_at, timeout=timeouts.answered
     )
+    # The rest of the caller's words may still end a second turn (the agent cut in):
+    # it is counted here, and answered, before the next turn is spoken.
+    await asyncio.sleep(SETTLE_SECS)
+    states = [ev for at, ev in call.events if at > done_at and ev["type"] == "agent.state"]
+    if states and states[-1].get("state") == "speaking":
+        done_at, _ = await call.wait_for(
+            "agent.state", _state("listening"), after=done_at + 1e-6, timeout=timeouts.answered
+        )
+    done_at = max(done_at, asyncio.get_running_loop().time())
     _, metrics = await call.wait_for(
-        "turn.metrics", lambda e: e.get("turn_id") == turn_id, after=ready, timeout=5.0
+        "turn.metrics", lambda e: e.get("turn_id") == turn_id, after=first_at, timeout=5.0
     )
-    window = [ev for at, ev in call.events if ready <= at <= done_at]
+    window = [ev for at, ev in call.events if first_at <= at <= done_at]
     answer = " ".join(
         ev["text"] for ev in window if ev["type"] == "agent.text" and ev["turn_id"] == turn_id
     )
@@ -154,7 +166,7 @@ async def _turn(
         and result["interruptions"] == 0
         and not result["errors"]
     )
-    return result, done_at
+    return result
 
 
 def _state(name: str) -> Callable[[dict[str, Any]], bool]:

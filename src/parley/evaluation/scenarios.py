@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from parley.knowledge.answer_check import Question
+from parley.knowledge.answer_check import Question, expected_facts
 
 
 class ScenarioError(ValueError):
@@ -83,7 +83,7 @@ def _turn(item: Any, folder: Path, where: str) -> ScenarioTurn:
     if not isinstance(item, dict) or ("say" in item) == ("wav" in item):
         raise ScenarioError(f"{where}: give exactly one of say (words) or wav (a recording)")
     try:
-        expect = [[str(alt) for alt in fact] for fact in item.get("expect", [])]
+        expect = expected_facts(item.get("expect", []))
         reject = [str(r) for r in item.get("reject", [])]
         tools = [
             ExpectedCall(str(t["name"]), dict(t.get("arguments", {})))
@@ -91,8 +91,6 @@ def _turn(item: Any, folder: Path, where: str) -> ScenarioTurn:
         ]
     except (KeyError, TypeError, ValueError) as exc:
         raise ScenarioError(f"{where}: expect, reject or tools malformed ({exc})") from exc
-    if any(not fact for fact in expect):
-        raise ScenarioError(f"{where}: an expected fact with no way to say it")
     wav = folder / str(item["wav"]) if "wav" in item else None
     if wav is not None and not wav.is_file():
         raise ScenarioError(f"{where}: no recording at {wav}")

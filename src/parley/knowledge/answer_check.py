@@ -37,15 +37,33 @@ def load_questions(path: Path) -> list[Question]:
     questions = []
     for n, item in enumerate(raw, start=1):
         try:
-            expect = [[str(alt) for alt in fact] for fact in item["expect"]]
+            expect = expected_facts(item["expect"])
             questions.append(
                 Question(str(item["q"]), expect, [str(r) for r in item.get("reject", [])])
             )
         except (KeyError, TypeError) as exc:
             raise QuestionSetError(f"question set {path}, item {n}: needs q and expect") from exc
-        if not expect or not all(expect):
-            raise QuestionSetError(f"question set {path}, item {n}: an empty expected fact")
+        except ValueError as exc:
+            raise QuestionSetError(f"question set {path}, item {n}: {exc}") from exc
+        if not expect:
+            raise QuestionSetError(f"question set {path}, item {n}: no expected fact")
     return questions
+
+
+def expected_facts(raw: object) -> list[list[str]]:
+    """``expect`` as written: a list of facts, each a list of ways to say it. A flat list
+    (``[curry, rice]``) would read each word as a list of letters, so it is refused; so is
+    a number where YAML read one (an unquoted ``9:30`` is YAML 1.1's 570): quote it."""
+    if not isinstance(raw, list):
+        raise TypeError("expect must be a list")
+    facts = []
+    for fact in raw:
+        if not isinstance(fact, list) or not fact:
+            raise ValueError(f"each expected fact is a non-empty list of ways to say it: {fact!r}")
+        if not all(isinstance(alt, str) for alt in fact):
+            raise ValueError(f"quote every way to say a fact (YAML reads 9:30 as 570): {fact!r}")
+        facts.append(list(fact))
+    return facts
 
 
 def _says(answer: str, phrase: str) -> bool:
@@ -55,6 +73,6 @@ def _says(answer: str, phrase: str) -> bool:
 
 def states_facts(answer: str, question: Question) -> bool:
     said = re.sub(r"\s+", " ", answer.lower())
-    if any(reject.lower() in said for reject in question.reject):
+    if any(_says(said, reject) for reject in question.reject):
         return False
     return all(any(_says(said, alt) for alt in fact) for fact in question.expect)

@@ -1,6 +1,7 @@
 """Okapi BM25 over short documents, in pure Python: the knowledge files it serves hold
-tens to a few thousand facts, where an index in dictionaries answers in well under a
-millisecond and needs no model and nothing fetched at run time."""
+tens to a few thousand facts, where an inverted index in dictionaries answers a question
+in tens of microseconds (the demo's 48 facts) and needs no model and nothing fetched at
+run time."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from collections.abc import Sequence
 
 import snowballstemmer
 
-_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-_HYPHENATED = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)+")
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")  # letters of any script ("café"), digits
+_HYPHENATED = re.compile(r"[^\W_]+(?:-[^\W_]+)+")
 
 # Words that carry no topic: without them a question's few content words decide.
 STOPWORDS = frozenset(
@@ -43,33 +44,38 @@ class BM25Index:
     def __init__(self, documents: Sequence[str], *, k1: float = 1.2, b: float = 0.75) -> None:
         self._k1 = k1
         self._b = b
-        self._docs = [Counter(terms(d)) for d in documents]
-        self._lengths = [sum(c.values()) for c in self._docs]
+        docs = [Counter(terms(d)) for d in documents]
+        self._lengths = [sum(c.values()) for c in docs]
         self._avg = (sum(self._lengths) / len(self._lengths)) if self._lengths else 0.0
-        frequency: Counter[str] = Counter()
-        for doc in self._docs:
-            frequency.update(doc.keys())
-        n = len(self._docs)
+        # An inverted index: a question is scored against only the facts that share one
+        # of its terms, not every fact of a large file.
+        self._postings: dict[str, list[tuple[int, int]]] = {}
+        for i, doc in enumerate(docs):
+            for term, tf in doc.items():
+                self._postings.setdefault(term, []).append((i, tf))
+        n = len(docs)
         # The "+1" form of IDF: never negative, so a term in most facts still counts a little.
-        self._idf = {t: math.log(1 + (n - f + 0.5) / (f + 0.5)) for t, f in frequency.items()}
+        self._idf = {
+            t: math.log(1 + (n - len(p) + 0.5) / (len(p) + 0.5)) for t, p in self._postings.items()
+        }
 
     def __len__(self) -> int:
-        return len(self._docs)
+        return len(self._lengths)
 
-    def scores(self, query: str) -> list[float]:
-        wanted = set(terms(query))
-        out = []
-        for doc, length in zip(self._docs, self._lengths, strict=True):
-            score = 0.0
-            norm = self._k1 * (1 - self._b + self._b * length / self._avg) if self._avg else 0
-            for term in wanted:
-                tf = doc.get(term, 0)
-                if tf:
-                    score += self._idf[term] * tf * (self._k1 + 1) / (tf + norm)
-            out.append(score)
+    def scores(self, query: str) -> dict[int, float]:
+        """Each document sharing a term with ``query``, and its score."""
+        out: dict[int, float] = {}
+        for term in set(terms(query)):
+            idf = self._idf.get(term)
+            if idf is None:
+                continue
+            for i, tf in self._postings[term]:
+                norm = self._k1 * (1 - self._b + self._b * self._lengths[i] / self._avg)
+                out[i] = out.get(i, 0.0) + idf * tf * (self._k1 + 1) / (tf + norm)
         return out
 
     def top(self, query: str, k: int) -> list[tuple[int, float]]:
         """The ``k`` best documents for ``query`` with a score above zero, best first."""
-        ranked = sorted(enumerate(self.scores(query)), key=lambda pair: -pair[1])
+        # Ties keep the file's order (the earlier fact first), as a stable sort does.
+        ranked = sorted(self.scores(query).items(), key=lambda pair: (-pair[1], pair[0]))
         return [(i, s) for i, s in ranked[:k] if s > 0]

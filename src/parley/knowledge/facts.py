@@ -13,6 +13,7 @@ does not say "open". Paragraphs that are not list items are notes for the file's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,26 +33,37 @@ class Fact:
     text: str
 
 
+_ITEM = re.compile(r"^(?:[-*+]|\d+[.)])\s+(.*)$")
+
+
 def load_facts(path: Path) -> list[Fact]:
     try:
         source = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise KnowledgeFileError(f"knowledge file {path}: {exc.strerror or exc}") from exc
-    facts: list[Fact] = []
+    except UnicodeDecodeError as exc:
+        raise KnowledgeFileError(f"knowledge file {path}: not UTF-8 text ({exc.reason})") from exc
+    items: list[tuple[int, str, list[str]]] = []  # (line, topic, the item's lines)
     topic = ""
     for number, raw in enumerate(source.splitlines(), start=1):
         line = raw.strip()
+        item = _ITEM.match(line)
         if line.startswith("#"):
             topic = line.lstrip("#").strip()
-        elif line.startswith(("- ", "* ")):
-            text = line[2:].strip()
-            if len(text) > MAX_FACT_CHARS:
-                raise KnowledgeFileError(
-                    f"knowledge file {path}, line {number}: a fact is over "
-                    f"{MAX_FACT_CHARS} characters; split it"
-                )
-            if text:
-                facts.append(Fact(topic, text))
+        elif item is not None:
+            items.append((number, topic, [item.group(1)]))
+        elif line and raw[:1].isspace() and items and items[-1][0] + len(items[-1][2]) == number:
+            items[-1][2].append(line)  # an item wrapped onto an indented next line
+    facts = []
+    for number, heading, lines in items:
+        text = " ".join(lines).strip()
+        if len(text) > MAX_FACT_CHARS:
+            raise KnowledgeFileError(
+                f"knowledge file {path}, line {number}: a fact is over "
+                f"{MAX_FACT_CHARS} characters; split it"
+            )
+        if text:
+            facts.append(Fact(heading, text))
     if not facts:
         raise KnowledgeFileError(f"knowledge file {path} has no facts (list items)")
     return facts

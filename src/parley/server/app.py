@@ -89,6 +89,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # First: a knowledge file that cannot be used fails start-up at once, not after
+        # the models load. A control plane answers nobody: it needs none.
+        app.state.knowledge = None if control else load_agent_knowledge(settings)
+        if app.state.knowledge is not None:
+            log.info(
+                "knowledge",
+                facts=len(app.state.knowledge.base.facts),
+                answers=app.state.knowledge.mode,
+            )
         database = Database(settings.server.database_url)
         await database.migrate()
         redact = (
@@ -118,13 +127,6 @@ def create_app(
             if structured
             else None
         )
-        app.state.knowledge = load_agent_knowledge(settings)
-        if app.state.knowledge is not None:
-            log.info(
-                "knowledge",
-                facts=len(app.state.knowledge.base.facts),
-                answers=app.state.knowledge.mode,
-            )
         app.state.telemetry = build_telemetry(app.state.engines, settings, app.state.orchestrator)
         # With tools, the voice loop speaks envelopes and acts through the ledger too.
         app.state.agent_actions = (
