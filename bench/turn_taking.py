@@ -291,6 +291,9 @@ def main() -> None:
         "PARLEY_AGENT__SYSTEM_PROMPT": SYSTEM_PROMPT,
         "PARLEY_LLM__MAX_TOKENS": str(MAX_TOKENS),
         "PARLEY_AGENT__GREETING": "",
+        # The demo agent would say a matching fact as it is: a sentence too short to be
+        # talked over. The model answers (from the facts), at the length asked above.
+        "PARLEY_AGENT__KNOWLEDGE_ANSWERS": "restate",
         **dict(kv.split("=", 1) for kv in args.env),
     }
     server = None if args.url else ServerProcess(env, RESULTS / "turn_taking-server.log", cwd=ROOT)

@@ -65,6 +65,7 @@ async def test_eval_plays_the_scenarios_and_reports_what_happened(
     first, second = report["results"]
     assert code == 1  # one scenario failed
     assert first["passed"], first
+    assert first["session_id"] and first["session_id"] != second["session_id"]
     asked, thanks = first["turns"]
     assert asked["answer"] == "The kitchen takes its last orders at 9:30 pm."
     assert asked["correct"] is True and asked["wer"] == 0.0

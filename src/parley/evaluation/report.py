@@ -37,7 +37,8 @@ def totals(results: list[dict[str, Any]]) -> dict[str, Any]:
 def summary(results: list[dict[str, Any]]) -> str:
     lines = []
     for r in results:
-        lines.append(f"{'PASS' if r['passed'] else 'FAIL'}  {r['name']}")
+        session = f"  (session {r['session_id']})" if r.get("session_id") else ""
+        lines.append(f"{'PASS' if r['passed'] else 'FAIL'}  {r['name']}{session}")
         if r["error"]:
             lines.append(f"      could not run: {r['error']}")
         for t in r["turns"]:

@@ -56,15 +56,18 @@ async def play_scenarios(
     results = []
     for scenario in scenarios:
         turns: list[dict[str, Any]] = []  # the turns played, also when one then fails
+        session: dict[str, Any] = {}
         error = None
         try:
-            await _play(url, scenario, speak, judge, timeouts, turns)
+            await _play(url, scenario, speak, judge, timeouts, turns, session)
         except Exception as exc:  # one scenario's failure is its result
             # (the server unreachable or refusing, a turn never heard or answered)
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         results.append(
             {
                 "name": scenario.name,
+                # For `parley inspect` and `parley replay` of the same call.
+                "session_id": session.get("session_id"),
                 "passed": error is None and all(t["passed"] for t in turns),
                 "error": error,
                 "turns": turns,
@@ -80,8 +83,10 @@ async def _play(
     judge: Judge | None,
     timeouts: Timeouts,
     turns: list[dict[str, Any]],
+    session: dict[str, Any],
 ) -> None:
     async with CallClient(url) as call:
+        session["session_id"] = (call.session or {}).get("session_id")
         await _after_greeting(call)
         for turn in scenario.turns:
             pcm = speak(turn.say, scenario.voice) if turn.say is not None else None
