@@ -15,7 +15,9 @@ from inprocess_server import SECRET, serve_app
 from parley.client import CallClient
 from parley.config import Settings
 from parley.engines import Engines
+from parley.inspect_report import format_inspection
 from parley.server import create_app
+from parley.server.inspection import inspection
 from voice_helpers import stored_record, wait_reply_done
 
 pytestmark = pytest.mark.e2e
@@ -55,3 +57,7 @@ async def test_the_demo_agent_says_the_fact_asked_for(
         assert first["result"]["facts"] == [LAST_ORDERS]
         assert first["result"]["spoken"] == LAST_ORDERS
         assert "facts" not in second["result"], thanked["text"]
+        # The inspector (page and `parley inspect`) shows what the reply was grounded on.
+        inspected = inspection(record)
+        assert [t["facts"] for t in inspected["turns"]] == [[LAST_ORDERS], []]
+        assert f"fact:   {LAST_ORDERS}" in format_inspection(inspected)

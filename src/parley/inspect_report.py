@@ -68,6 +68,8 @@ def format_inspection(data: dict[str, Any]) -> str:
             lines.append(f"  caller: {t['user_text']}")
         if t.get("agent_text"):
             lines.append(f"  agent:  {t['agent_text']}")
+        for fact in t.get("facts") or []:
+            lines.append(f"  fact:   {fact}")
         for b in t["bars"]:
             took = b["end_ms"] - b["start_ms"]
             bar = _bar(b["start_ms"], b["end_ms"], lo, span)

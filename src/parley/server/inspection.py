@@ -81,6 +81,8 @@ def turn_waterfall(turn: dict[str, Any], events: list[dict[str, Any]]) -> dict[s
         "agent_text": (turn.get("result") or {}).get("spoken"),
         # What the caller heard of an interrupted reply (the history keeps only that).
         "heard": (turn.get("result") or {}).get("heard"),
+        # The knowledge file's facts the reply was grounded on (quoted or restated).
+        "facts": list((turn.get("result") or {}).get("facts") or []),
         "voice_to_voice_ms": metrics.get("voice_to_voice_ms"),
         "end_of_turn": decision,
         "bars": bars,

@@ -66,6 +66,7 @@ function drawTurn(turn, axis) {
   li.append(element("h3", {}, `Turn ${turn.seq}: ${turn.state}${v2v}`));
   if (turn.user_text) li.append(element("p", { class: "said user" }, `caller: ${turn.user_text}`));
   if (turn.agent_text) li.append(element("p", { class: "said agent" }, `agent: ${turn.agent_text}`));
+  if (turn.facts && turn.facts.length) li.append(element("p", { class: "said facts" }, `grounded on: ${turn.facts.join(" | ")}`));
 
   const fall = element("div", { class: "waterfall" });
   for (const bar of turn.bars) {
