@@ -1,7 +1,7 @@
 """Okapi BM25 over short documents, in pure Python: the knowledge files it serves hold
 tens to a few thousand facts, where an inverted index in dictionaries answers a question
-in tens of microseconds (the demo's 48 facts) and needs no model and nothing fetched at
-run time."""
+in about 0.1 ms (84 µs measured for the demo's 40 facts) and needs no model and nothing
+fetched at run time."""
 
 from __future__ import annotations
 
