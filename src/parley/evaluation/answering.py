@@ -33,10 +33,7 @@ async def answer_turn(
             history.add_assistant(said)
     asked = text
     if knowledge is not None and use_knowledge:
-        grounding = knowledge.ground(text)
-        last = history.messages[-1] if history.messages else None
-        if grounding.quote is not None and last is not None and last.content == grounding.quote:
-            grounding = knowledge.ground(text, quote=False)  # as a session: not twice in a row
+        grounding = knowledge.ground(text, last_said=history.last_reply)  # as a session
         if grounding.quote is not None:
             return grounding.quote, None
         asked = grounding.user_message(text)

@@ -42,13 +42,19 @@ def with_facts(text: str, facts: Sequence[Fact]) -> str:
     return " ".join(f.text for f in facts) + "\n\n" + text
 
 
-def ground(knowledge: KnowledgeBase, text: str, mode: AnswerMode) -> Grounding:
+def ground(
+    knowledge: KnowledgeBase, text: str, mode: AnswerMode, last_said: str | None = None
+) -> Grounding:
     """What the reply to ``text`` is built on. Words that match no fact (a greeting, a
-    thank-you, a question the file does not cover) go to the LLM as they are."""
+    thank-you, a question the file does not cover) go to the LLM as they are.
+
+    ``last_said``: the agent's reply just before. A fact the caller heard just now and
+    still asks about is not said again word for word: the model answers from it (and
+    the other facts) instead."""
     facts = knowledge.relevant(text)
     if not facts:
         return Grounding()
-    if mode == "quote":
+    if mode == "quote" and facts[0].text != last_said:
         return Grounding(facts[:1], quote=facts[0].text)
     return Grounding(facts)
 
@@ -64,10 +70,10 @@ class AgentKnowledge:
     def with_mode(self, mode: AnswerMode) -> AgentKnowledge:
         return AgentKnowledge(self.base, mode, self.path)
 
-    def ground(self, text: str, *, quote: bool = True) -> Grounding:
+    def ground(self, text: str, *, quote: bool = True, last_said: str | None = None) -> Grounding:
         """What the reply to ``text`` is built on; ``quote=False``: never a quote (the
-        facts go to the model), whatever the mode."""
-        return ground(self.base, text, self.mode if quote else "restate")
+        facts go to the model), whatever the mode. ``last_said``: as :func:`ground`."""
+        return ground(self.base, text, self.mode if quote else "restate", last_said)
 
 
 def knowledge_path(configured: Path, agent_file: Path | None) -> Path:

@@ -24,6 +24,12 @@ class ConversationHistory:
     def messages(self) -> list[ChatMessage]:
         return list(self._messages)
 
+    @property
+    def last_reply(self) -> str | None:
+        """The agent's reply, if it is the last message of the conversation."""
+        last = self._messages[-1] if self._messages else None
+        return last.content if last is not None and last.role == "assistant" else None
+
     def add_user(self, text: str) -> None:
         self._messages.append(ChatMessage("user", text))
 

@@ -39,11 +39,9 @@ class Replying(SessionCore):
         if script is None and user_text is not None and self.knowledge is not None:
             # With tools the envelope decides (a booking request must reach its tool),
             # so the facts go to the model even when the agent would quote.
-            grounding = self.knowledge.ground(user_text, quote=self.actions is None)
-            if grounding.quote is not None and grounding.quote == self._last_said():
-                # The caller heard that fact just now and still asks: the model answers
-                # from it (and the other facts) instead of saying it again word for word.
-                grounding = self.knowledge.ground(user_text, quote=False)
+            grounding = self.knowledge.ground(
+                user_text, quote=self.actions is None, last_said=self.history.last_reply
+            )
             reply.facts = [f.text for f in grounding.facts]
             # The history keeps the caller's own words; only this prompt has the facts.
             asked = grounding.user_message(user_text)
@@ -57,11 +55,6 @@ class Replying(SessionCore):
         self._reply = reply
         reply.task = self._spawn(self._run_reply(reply, prompt, script, decide), name="reply")
         return reply
-
-    def _last_said(self) -> str | None:
-        """The agent's last reply in the conversation, if the last message is one."""
-        messages = self.history.messages
-        return messages[-1].content if messages and messages[-1].role == "assistant" else None
 
     async def _run_reply(
         self,
