@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from parley.evaluation.scoring import edit_distance
 from parley.testing import caller_speech, trim_silence
 from turn_taking_clips import COMPLETE, INTERRUPTIONS, PAUSED, noise_clip
 from voice_to_voice import RESULTS, machine
@@ -61,15 +62,6 @@ def words(text: str) -> list[str]:
         if raw:
             out.append(NUMBER_WORDS.get(raw, raw))
     return out
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1]
 
 
 class Stream:

@@ -5,7 +5,7 @@ agent made against those expected."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from parley.evaluation.scenarios import ExpectedCall
@@ -13,16 +13,21 @@ from parley.evaluation.scenarios import ExpectedCall
 _WORDS = re.compile(r"[a-z0-9']+")
 
 
-def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(edits, reference words): the Levenshtein distance over lower-cased words."""
-    ref = _WORDS.findall(reference.lower())
-    hyp = _WORDS.findall(hypothesis.lower())
+def edit_distance(ref: Sequence[str], hyp: Sequence[str]) -> int:
+    """The Levenshtein distance between two word sequences (substitutions, insertions
+    and deletions of whole words): a word error rate's numerator."""
     row = list(range(len(hyp) + 1))
     for i, r in enumerate(ref, start=1):
         prev, row[0] = row[0], i
         for j, h in enumerate(hyp, start=1):
             prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1], len(ref)
+    return row[-1]
+
+
+def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(edits, reference words) over lower-cased words."""
+    ref = _WORDS.findall(reference.lower())
+    return edit_distance(ref, _WORDS.findall(hypothesis.lower())), len(ref)
 
 
 def _fits(expected: Any, actual: Any) -> bool:
