@@ -36,13 +36,14 @@ async def stored_turns(database_url: str | None, session_id: str) -> list[tuple[
             raise SessionNotFound(reason) from exc
         if found is None:
             raise SessionNotFound(f"no session {session_id} in the database")
+        # The conversation as a reconnect restores it (the agent's side being what was
+        # spoken, or heard when interrupted); a person's words are not the agent's.
+        messages, _ = await store.conversation(session_id)
         rows = []
-        for turn in await store.turns(session_id):
-            if not turn.user_text:
-                continue
-            result = turn.result or {}
-            said = result.get("spoken") or result.get("heard") or ""
-            rows.append((turn.user_text, str(said)))
+        for i, (role, text) in enumerate(messages):
+            if role == "user":
+                reply = messages[i + 1] if i + 1 < len(messages) else ("", "")
+                rows.append((text, reply[1] if reply[0] == "assistant" else ""))
         return rows
     finally:
         await db.close()
