@@ -305,7 +305,9 @@ async def test_bad_speech_requests_are_400s(
 
 
 def words(text: str) -> list[str]:
-    return re.findall(r"[a-z']+", text.lower())
+    # Apostrophes split words: Piper samples its voice afresh each time (VITS noise), and
+    # a quick "weather is" is rightly heard as "weather's", which keeps "weather".
+    return re.findall(r"[a-z]+", text.lower())
 
 
 async def test_embedded_speech_transcribes_back_to_its_words(embedded_engines):
