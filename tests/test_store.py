@@ -160,3 +160,31 @@ async def test_voice_loop_turns_without_a_lease_are_never_taken_over(store: Stor
     turn, _ = await store.begin_turn(session.id, "voice-1")
     await store.transition(turn.id, TurnState.PROCESSING)
     assert await store.claim_turn(turn.id, "api", 30) is None
+
+
+async def test_memory_and_state_are_kept_on_the_session(store: Store):
+    session = await store.create_session()
+    assert (await store.get_session(session.id)).memory is None  # type: ignore[union-attr]
+    await store.save_memory(session.id, {"summary": "Caller: a table for four", "covered": 6})
+    state = await store.update_state(session.id, {"party": "4", "day": "Friday"})
+    assert state == {"party": "4", "day": "Friday"}
+    # A later update sets some keys and removes those set to null.
+    state = await store.update_state(session.id, {"day": None, "time": "7 pm"})
+    record = await store.get_session(session.id)
+    assert record is not None
+    assert record.memory == {"summary": "Caller: a table for four", "covered": 6}
+    assert record.orchestration_state == state == {"party": "4", "time": "7 pm"}
+    with pytest.raises(NotFound):
+        await store.update_state("nope", {"x": "y"})
+
+
+async def test_retention_purges_summaries_with_the_transcripts(store: Store):
+    old, new = await store.create_session(), await store.create_session()
+    for s in (old, new):
+        await store.save_memory(s.id, {"summary": "the caller's words", "covered": 4})
+    await store.purge_transcripts_before(datetime.now(UTC) + timedelta(seconds=1))
+    assert (await store.get_session(old.id)).memory is None  # type: ignore[union-attr]
+    # Only sessions older than the cutoff lose theirs.
+    await store.save_memory(new.id, {"summary": "kept", "covered": 2})
+    await store.purge_transcripts_before(datetime.now(UTC) - timedelta(days=1))
+    assert (await store.get_session(new.id)).memory == {"summary": "kept", "covered": 2}  # type: ignore[union-attr]

@@ -57,7 +57,16 @@ class AgentSettings(BaseModel):
     greeting: str = ""
     """Spoken when a session starts; empty for none."""
     max_history_messages: int = Field(default=12, ge=2)
-    """Older user/assistant messages are dropped from the prompt (the system prompt stays)."""
+    """Older user/assistant messages leave the prompt (the system prompt stays), half the
+    window at a time; ``memory_summary`` says how they are remembered."""
+    memory_summary: Literal["auto", "model", "excerpts", "off"] = "auto"
+    """How the messages that leave the window are remembered, in the background, in a
+    summary the system message carries (kept on the session, restored on a reconnect).
+    ``model``: the LLM summarizes. ``excerpts``: each message's first words. ``auto``:
+    excerpts with the embedded model (its 135M model does not summarize), the model with
+    a remote one. ``off``: forgotten."""
+    memory_summary_chars: int = Field(default=400, ge=80, le=4_000)
+    """Longest summary: it is read with every prompt."""
     tools_module: str | None = None
     """``package.module:registry`` — a :class:`parley.orchestration.ToolRegistry` of
     Python tools (declared with its ``@registry.tool`` decorator) the agent may call."""

@@ -59,6 +59,12 @@ def format_inspection(data: dict[str, Any]) -> str:
     for e in data.get("session_events", []):
         detail = ", ".join(f"{k} {v}" for k, v in (e.get("data") or {}).items())
         lines.append(f"  {e['at']}  {e['stage']}  {detail}")
+    memory = data.get("memory") or {}
+    if memory.get("summary"):
+        covered = memory.get("covered")
+        lines.append(f"  remembered (first {covered} caller turns): {memory['summary']}")
+    for key, value in (memory.get("state") or {}).items():
+        lines.append(f"  state {key}: {value}")
     lo, span = _axis(data["turns"])
     for t in data["turns"]:
         v2v = t.get("voice_to_voice_ms")

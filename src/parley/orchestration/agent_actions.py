@@ -19,11 +19,14 @@ class AgentActions:
     orchestrator: Orchestrator
     ledger: ToolLedger
 
-    async def decide(self, history: Sequence[tuple[str, str]], text: str) -> ActionEnvelope:
+    async def decide(
+        self, history: Sequence[tuple[str, str]], text: str, context: str = ""
+    ) -> ActionEnvelope:
         """The envelope for ``text``; after malformed output on every attempt, or a model
-        failure, the fixed apology — never the malformed output, never a tool call."""
+        failure, the fixed apology — never the malformed output, never a tool call.
+        ``context``: what the system message adds (the conversation's memory)."""
         try:
-            return await self.orchestrator.respond(history, text)
+            return await self.orchestrator.respond(history, text, context)
         except OrchestrationError as exc:
             log.warning("no valid envelope; apologising", error=str(exc))
             return FALLBACK

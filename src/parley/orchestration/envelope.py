@@ -49,6 +49,7 @@ grammar a model that rambles must close its words here instead of running into t
 token budget, where its output would be cut off and asked for again (seconds of a small
 model's time on two cores for nonsense input, and still no tool call)."""
 FOLLOW_UP_MAX_CHARS = 120
+STATE_VALUE_MAX_CHARS = 200
 
 # What the model is asked to write (and, with llama.cpp, constrained to by a grammar):
 # the envelope's fields that a small model can fill sensibly, within the bounds the
@@ -101,6 +102,11 @@ def model_schema(tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:
     ]
     schema = json.loads(json.dumps(MODEL_SCHEMA))
     schema["properties"]["tool_calls"] = {"type": "array", "items": {"anyOf": calls}}
+    # Last, after the calls: what the turn settled, kept as the conversation's state.
+    schema["properties"]["state_updates"] = {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": STATE_VALUE_MAX_CHARS},
+    }
     return cast(dict[str, Any], schema)
 
 
@@ -113,7 +119,8 @@ def model_instructions(tools: Sequence[ToolSpec] = ()) -> str:
     )
     return (
         f"{MODEL_INSTRUCTIONS} To act, add tool_calls: a list of {{name, arguments}} "
-        f"objects. Tools: {listed}."
+        f"objects. Tools: {listed}. What the caller and you settle (a name, a date, a "
+        f"party size), add as state_updates: an object of short strings."
     )
 
 

@@ -60,8 +60,13 @@ class Orchestrator:
         self.failures = 0
         """Orchestrations that gave up: no valid envelope, or the model failed."""
 
-    async def respond(self, history: Sequence[tuple[str, str]], text: str) -> ActionEnvelope:
-        messages = [ChatMessage("system", self._system)]
+    async def respond(
+        self, history: Sequence[tuple[str, str]], text: str, context: str = ""
+    ) -> ActionEnvelope:
+        """``context``: added to the system message (what the conversation remembers
+        beyond ``history``: a summary, its settled state)."""
+        system = f"{self._system}\n\n{context}" if context else self._system
+        messages = [ChatMessage("system", system)]
         messages += [
             person_message(t)
             if r == "human"

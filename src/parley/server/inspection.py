@@ -120,7 +120,12 @@ def inspection(record: dict[str, Any]) -> dict[str, Any]:
         for e in by_turn.get(None, [])
         if e["stage"].startswith(("transport.", "session.", "handoff."))
     ]
-    return {"session_id": record["session_id"], "turns": turns, "session_events": session_events}
+    return {
+        "session_id": record["session_id"],
+        "turns": turns,
+        "session_events": session_events,
+        "memory": record.get("memory") or {"summary": "", "covered": 0, "state": {}},
+    }
 
 
 @router.get("/v1/sessions/{session_id}/inspection", responses=AUTH_RESPONSES)

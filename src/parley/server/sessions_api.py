@@ -353,7 +353,9 @@ async def session_timeline(
 
 
 async def session_record(store: Store, session_id: str) -> dict[str, Any]:
-    """A session's stored record: turns with their transitions, segments, timeline."""
+    """A session's stored record: turns with their transitions, segments, timeline, and
+    the conversation's memory (the summary of older turns, the settled state)."""
+    session = await store.get_session(session_id)
     turns = []
     for turn in await store.turns(session_id):
         transitions = await store.transitions(turn.id)
@@ -383,4 +385,14 @@ async def session_record(store: Store, session_id: str) -> dict[str, Any]:
         {"stage": e.stage, "turn": e.turn_seq, "at": e.at.isoformat(), "data": e.data}
         for e in await store.timeline(session_id)
     ]
-    return {"session_id": session_id, "turns": turns, "segments": segments, "events": events}
+    return {
+        "session_id": session_id,
+        "turns": turns,
+        "segments": segments,
+        "events": events,
+        "memory": {
+            "summary": (session.memory or {}).get("summary", "") if session else "",
+            "covered": (session.memory or {}).get("covered", 0) if session else 0,
+            "state": session.orchestration_state if session else {},
+        },
+    }

@@ -19,6 +19,7 @@ from parley.server.sessions_api import AUTH_RESPONSES, authorize, require_sessio
 from parley.store import Lease, LeaseLost, Store, TurnState
 from parley.store.models import Turn
 from parley.telemetry import get_logger
+from parley.voice.memory import ConversationMemory
 
 log = get_logger(__name__)
 
@@ -138,8 +139,15 @@ async def _process(
             envelope = ActionEnvelope.model_validate(checkpoint["envelope"])
         else:
             history, _ = await store.conversation(turn.session_id, before_seq=turn.seq)
+            record = await store.get_session(turn.session_id)
+            memory = ConversationMemory.from_record(
+                None if record is None else record.memory,
+                None if record is None else record.orchestration_state,
+            )
             try:
-                envelope = await orchestrator.respond(history, body.text)
+                envelope = await orchestrator.respond(
+                    history, body.text, memory.system_prompt("").strip()
+                )
             except OrchestrationError as exc:
                 # The user hears a short apology, never the malformed output.
                 envelope, error = FALLBACK, str(exc)
@@ -155,6 +163,10 @@ async def _process(
         state = TurnState.COMPLETED
         if error is not None:
             state, outcome["error"] = TurnState.FAILED, error
+        if envelope.state_updates:
+            # Before the turn completes: a retry after a crash here merges them again,
+            # to the same state.
+            await store.update_state(turn.session_id, envelope.state_updates)
         await store.transition(turn.id, state, result=outcome, lease=lease)
     except LeaseLost:
         raise  # not ours to free any more

@@ -44,6 +44,7 @@ class SessionRecord(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     ended_at: Mapped[datetime | None]
     orchestration_state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """The conversation's state: the agent's envelope ``state_updates``, merged."""
     turn_state: Mapped[str | None] = mapped_column(String(16))
     """State of the session's latest turn."""
     reconnect_status: Mapped[str] = mapped_column(String(16), default="connected")
@@ -51,6 +52,9 @@ class SessionRecord(Base):
     consent: Mapped[dict[str, Any]] = mapped_column(default=dict)
     call_sid: Mapped[str | None] = mapped_column(String(64), index=True)
     """The phone call behind the session (Twilio's CallSid), if it is one."""
+    memory: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    """The summary of the turns that left the prompt's window (``voice/memory.py``),
+    restored with the conversation on a reconnect."""
 
 
 class Turn(Base):

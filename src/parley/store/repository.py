@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from parley.store.leases import Claim, Lease, owner_id
 from parley.store.models import (
@@ -21,11 +21,17 @@ from parley.store.models import (
 )
 from parley.store.turns import NotFound, TurnStore
 
-__all__ = ["Claim", "Lease", "NotFound", "Store", "owner_id"]
+__all__ = ["Claim", "Lease", "NotFound", "Store", "merge_state", "owner_id"]
 
 
 HUMAN_SAID = "human.said"
 """The timeline stage of a person's words, once they took over a voice session."""
+
+
+def merge_state(state: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    """``state`` with ``updates`` applied: keys set, or removed when set to None."""
+    merged = {**state, **updates}
+    return {k: v for k, v in merged.items() if v is not None}
 
 
 class Store(TurnStore):
@@ -124,6 +130,24 @@ class Store(TurnStore):
             messages += [("human", text) for text in person.pop(turn.seq, [])]
         return messages, last_seq
 
+    async def save_memory(self, session_id: str, memory: dict[str, Any]) -> None:
+        """Keep the summary of the session's older turns (replaces the previous one)."""
+        async with self.db.session() as s:
+            record = await s.get(SessionRecord, session_id)
+            if record is not None:
+                record.memory = memory
+
+    async def update_state(self, session_id: str, updates: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``updates`` into the conversation's state (a key set to null is removed);
+        returns the state as stored."""
+        async with self.db.session() as s:
+            record = await s.get(SessionRecord, session_id)
+            if record is None:
+                raise NotFound(f"unknown session {session_id}")
+            state = merge_state(record.orchestration_state or {}, updates)
+            record.orchestration_state = state  # a new dict: the JSON column sees the change
+            return state
+
     async def delete_session(self, session_id: str) -> bool:
         """Erase the session and everything recorded under it. False if it did not exist."""
         async with self.db.session() as s:
@@ -188,6 +212,12 @@ class Store(TurnStore):
         async with self.db.session() as s:
             result = await s.execute(
                 delete(TranscriptSegment).where(TranscriptSegment.created_at < cutoff)
+            )
+            # A summary is made of the caller's words: it goes with the transcripts.
+            await s.execute(
+                update(SessionRecord)
+                .where(SessionRecord.started_at < cutoff, SessionRecord.memory.is_not(None))
+                .values(memory=None)
             )
             return int(getattr(result, "rowcount", 0) or 0)
 

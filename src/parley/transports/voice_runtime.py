@@ -27,6 +27,7 @@ from parley.transports.session_limits import (
 )
 from parley.transports.supervision import SupervisedSession, SupervisionHub
 from parley.voice.events import Event, SessionSink, event
+from parley.voice.memory import ConversationMemory
 from parley.voice.recording import SessionRecorder
 from parley.voice.session import VoiceSession
 
@@ -370,7 +371,12 @@ async def _new_session(
         session.phrases = phrases
     if reconnect:
         messages, last_turn = await store.conversation(session_id)
-        session.restore(messages, last_turn)
+        memory = (
+            ConversationMemory.from_record(record.memory, record.orchestration_state)
+            if record is not None
+            else None
+        )
+        session.restore(messages, last_turn, memory)
         session.restore_handoff(await _stored_handoff(store, session_id))
         recovery_ms = round((time.monotonic() - started) * 1000, 1)
         recorder.event(

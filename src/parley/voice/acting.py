@@ -25,6 +25,7 @@ class Acting(SessionCore):
             return  # the reply failed before deciding: its error is reported already
         extras = envelope.model_dump(exclude={"spoken_text"})
         self.sink.send_event(event("agent.envelope", turn_id=reply.turn_id, **extras))
+        self._update_state(reply.turn_id, envelope.state_updates)
         if envelope.escalate:
             self.request_handoff(envelope.escalation_reason or "the agent escalated", by="agent")
         if not envelope.tool_calls:

@@ -1,9 +1,11 @@
-"""The conversation as the LLM sees it: system prompt plus the recent turns."""
+"""The conversation as the LLM sees it: system prompt (with the memory of what left
+the window) plus the recent turns."""
 
 from __future__ import annotations
 
 from parley.engines import ChatMessage
 from parley.engines.base import person_message
+from parley.voice.memory import ConversationMemory
 
 
 class ConversationHistory:
@@ -11,11 +13,13 @@ class ConversationHistory:
 
     The window slides in jumps of half its size, not one message per turn: the prompt
     prefix then stays the same for many turns and the LLM's KV cache reuses it, instead
-    of re-reading the whole prompt every turn.
+    of re-reading the whole prompt every turn. What leaves it is remembered in
+    ``memory`` (summarized in the background: see ``left_window``).
     """
 
     def __init__(self, system_prompt: str, max_messages: int) -> None:
-        self._system = ChatMessage("system", system_prompt)
+        self._base = system_prompt
+        self.memory = ConversationMemory()
         self._messages: list[ChatMessage] = []
         self._max = max_messages
         self._start = 0
@@ -29,6 +33,38 @@ class ConversationHistory:
         """The agent's reply, if it is the last message of the conversation."""
         last = self._messages[-1] if self._messages else None
         return last.content if last is not None and last.role == "assistant" else None
+
+    @property
+    def _system(self) -> ChatMessage:
+        return ChatMessage("system", self.memory.system_prompt(self._base))
+
+    def left_window(self) -> tuple[list[ChatMessage], int] | None:
+        """The messages that left the window and the summary does not cover yet, and how
+        many of the caller's messages the summary covers once they are in it; None when
+        it is current."""
+        covered = self._after_users(self.memory.covered)
+        if self._start <= covered:
+            return None
+        users = sum(m.role == "user" for m in self._messages[: self._start])
+        return self._messages[covered : self._start], users
+
+    def restore_memory(self, memory: ConversationMemory) -> None:
+        """After the restored messages: the window starts where the summary ends."""
+        self.memory = memory
+        self._start = self._after_users(memory.covered)
+
+    def _after_users(self, users: int) -> int:
+        """The index just after the caller's ``users``-th message. Coverage is counted in
+        the caller's messages because a restored conversation lacks what was never
+        stored (the greeting): counting every message would shift it."""
+        if users <= 0:
+            return 0
+        seen = 0
+        for i, message in enumerate(self._messages):
+            seen += message.role == "user"
+            if seen == users:
+                return i + 1
+        return len(self._messages)
 
     def add_user(self, text: str) -> None:
         self._messages.append(ChatMessage("user", text))

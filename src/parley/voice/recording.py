@@ -118,6 +118,22 @@ class SessionRecorder:
 
         self._queue.put_nowait(write)
 
+    def memory(self, memory: dict[str, Any]) -> None:
+        """The summary of the turns that left the prompt's window (replaces the last)."""
+
+        async def write() -> None:
+            await self._store.save_memory(self._session_id, memory)
+
+        self._queue.put_nowait(write)
+
+    def state(self, updates: dict[str, Any]) -> None:
+        """Merge an envelope's state updates into the conversation's state."""
+
+        async def write() -> None:
+            await self._store.update_state(self._session_id, updates)
+
+        self._queue.put_nowait(write)
+
     async def close(self, timeout: float = 5.0) -> None:
         """Finish the queued writes (turns still open become cancelled), then stop."""
         # Tracked by the callers' side: a turn whose start is still queued is closed too.

@@ -47,11 +47,14 @@ class Replying(SessionCore):
             asked = grounding.user_message(user_text)
             script = grounding.quote
         prompt = None if script is not None else self.history.prompt(pending_user=asked)
+        if prompt is not None:
+            self._summarize_left_window()
         decide = None
         if self.actions is not None and asked is not None and script is None:
             window = self.settings.agent.max_history_messages
             earlier = [(m.role, m.content) for m in self.history.messages][-window:]
-            decide = functools.partial(self.actions.decide, earlier, asked)
+            remembered = self.history.memory.system_prompt("").strip()
+            decide = functools.partial(self.actions.decide, earlier, asked, remembered)
         self._reply = reply
         reply.task = self._spawn(self._run_reply(reply, prompt, script, decide), name="reply")
         return reply

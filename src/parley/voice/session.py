@@ -25,6 +25,8 @@ from parley.voice.barge_in import BargeIn
 from parley.voice.events import Event, event
 from parley.voice.handoff import Handoff
 from parley.voice.listening import Listening
+from parley.voice.memory import ConversationMemory
+from parley.voice.remembering import Remembering
 from parley.voice.replying import Replying
 from parley.voice.response import Reply
 from parley.voice.turn_ending import TurnEnding
@@ -60,14 +62,20 @@ class AudioTooFast(SessionOverloaded):
         self.persistent = persistent
 
 
-class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting, Handoff):
+class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting, Handoff, Remembering):
     _audio_budget: InboundAudioBudget | None = None
     caller_audio_tap: Callable[[bytes], None] | None = None
     """Sees the caller's audio as it is admitted (a supervisor listening in)."""
 
-    def restore(self, messages: list[tuple[str, str]], last_turn_id: int) -> None:
-        """Resume a conversation from the server's record (a reconnect): its history, and
-        turn ids that continue after the stored ones. No greeting is spoken then."""
+    def restore(
+        self,
+        messages: list[tuple[str, str]],
+        last_turn_id: int,
+        memory: ConversationMemory | None = None,
+    ) -> None:
+        """Resume a conversation from the server's record (a reconnect): its history, its
+        memory (summary and state), and turn ids that continue after the stored ones. No
+        greeting is spoken then."""
         for role, text in messages:
             if role == "user":
                 self.history.add_user(text)
@@ -75,6 +83,8 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting, Handoff):
                 self.history.add_human(text)
             else:
                 self.history.add_assistant(text)
+        if memory is not None:
+            self.history.restore_memory(memory)
         self._turn_count = last_turn_id
         self._restored = True
 
@@ -170,6 +180,11 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting, Handoff):
             turns=self._turn_count,
             handoff=self.handoff_state,
             history=[{"role": m.role, "content": m.content} for m in self.history.messages],
+            memory={
+                "summary": self.history.memory.summary,
+                "covered": self.history.memory.covered,
+                "state": self.history.memory.state,
+            },
         )
 
     def mute(self) -> None:

@@ -206,3 +206,9 @@ class SessionCore:
 
     def _end_call(self) -> None:
         raise NotImplementedError
+
+    def _summarize_left_window(self) -> None:
+        raise NotImplementedError
+
+    def _update_state(self, turn_id: int, updates: dict[str, Any]) -> None:
+        raise NotImplementedError

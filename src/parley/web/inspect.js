@@ -117,6 +117,21 @@ function drawTurn(turn, axis) {
   return li;
 }
 
+// The summary of the turns that left the prompt's window, and the conversation's state.
+function showMemory(memory) {
+  const state = Object.entries(memory.state || {});
+  $("#memory-summary").textContent = memory.summary
+    ? `summary of the first ${memory.covered} caller turns: ${memory.summary}`
+    : "";
+  $("#memory-state").replaceChildren(
+    ...state.flatMap(([k, v]) => [
+      element("dt", {}, k),
+      element("dd", {}, typeof v === "string" ? v : JSON.stringify(v)),
+    ]),
+  );
+  $("#memory").hidden = !memory.summary && !state.length;
+}
+
 function showSession(data) {
   $("#session-title").textContent = `Session ${data.session_id}`;
   const events = $("#session-events");
@@ -125,6 +140,7 @@ function showSession(data) {
     const detail = Object.entries(e.data || {}).map(([k, v]) => `${k} ${v}`).join(", ");
     events.append(element("li", { "data-stage": e.stage }, `${e.at} ${e.stage} ${detail}`));
   }
+  showMemory(data.memory || {});
   const axis = scale(data.turns);
   $("#turns").replaceChildren(...data.turns.map((t) => drawTurn(t, axis)));
   $("#session").hidden = false;
