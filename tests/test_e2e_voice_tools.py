@@ -24,6 +24,7 @@ ENVELOPE = json.dumps(
         "escalate": False,
         "follow_up_prompts": ["Anything else?"],
         "tool_calls": [{"name": "book_table", "arguments": {"party": 2, "time": "19:00"}}],
+        "state_updates": {"party": "2", "time": "19:00"},
     }
 )
 
@@ -112,6 +113,10 @@ async def test_voice_turn_speaks_the_envelope_and_books_once(tmp_path, caller, b
     assert stored["state"] == "completed"
     assert stored["result"]["envelope"]["tool_calls"][0]["name"] == "book_table"
     assert any(e["stage"] == "tool.result" for e in record["events"])
+    # What the turn settled is the conversation's state, on the session's record.
+    assert record["memory"]["state"] == {"party": "2", "time": "19:00"}
+    (updated,) = [e for e in record["events"] if e["stage"] == "state.updated"]
+    assert updated["data"] == {"keys": ["party", "time"]}
 
 
 async def test_an_envelope_that_fails_over_to_the_fallback_llm_books_once(

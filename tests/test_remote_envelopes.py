@@ -111,3 +111,39 @@ async def test_a_tool_envelope_longer_than_a_spoken_reply_runs_whole(tmp_path):
     assert [arguments for arguments, _ in booking_tools.BOOKINGS] == [ARGUMENTS]
     (request,) = script.requests
     assert request["max_tokens"] == 256
+
+
+async def test_state_updates_become_the_conversations_state_and_reach_the_next_prompt(
+    tmp_path,
+):
+    from parley.server.inspection import inspection
+    from parley.server.sessions_api import session_record
+
+    settled = (
+        '{"spoken_text": "A table for four, noted.", "escalate": false, '
+        '"state_updates": {"party": "4", "day": "Friday"}}'
+    )
+    moved = (
+        '{"spoken_text": "Saturday then.", "escalate": false, '
+        '"state_updates": {"day": "Saturday", "time": null}}'
+    )
+    script = ProviderScript([settled, moved])
+    async with agent(tmp_path, script) as client:
+        created = (await client.post("/v1/sessions", json={})).json()
+        sid, auth = created["session_id"], {"Authorization": f"Bearer {created['token']}"}
+        for key, text in (("k-1", "A table for four on Friday"), ("k-2", "Make it Saturday")):
+            r = await client.post(
+                f"/v1/sessions/{sid}/turns",
+                json={"text": text, "idempotency_key": key},
+                headers=auth,
+            )
+            assert r.status_code == 200 and r.json()["state"] == "completed", r.text
+        session = (await client.get(f"/v1/sessions/{sid}", headers=auth)).json()
+        assert session["orchestration_state"] == {"party": "4", "day": "Saturday"}
+        app = client._transport.app  # type: ignore[attr-defined]
+        shown = inspection(await session_record(app.state.store, sid))
+        assert shown["memory"]["state"] == {"party": "4", "day": "Saturday"}
+    # The second turn's model was told what the first settled.
+    system = script.requests[1]["messages"][0]["content"]
+    assert system.endswith("Settled so far: day: Friday; party: 4.")
+    assert "state_updates" in script.requests[0]["messages"][0]["content"]
