@@ -79,6 +79,11 @@ class AgentSettings(BaseModel):
     fact go to the LLM). ``restate``: the relevant facts go into the LLM's prompt and it
     answers from them. ``auto``: quote with the embedded model (which restated facts
     correctly about half the time in ``make bench-answers``), restate with a remote one."""
+    tools_asked_by: list[str] = Field(default_factory=list)
+    """With tools and a knowledge file that is quoted: the words (stemmed as the
+    knowledge is, e.g. "book", "reserve", "cancel") whose presence in the caller's words
+    sends the turn to the model's envelope (which may call a tool); other turns are
+    quoted. Empty: with tools every turn goes to the model."""
     knowledge_facts: int = Field(default=2, ge=1, le=10)
     """How many of the relevant facts the LLM is given when it restates."""
     filler: str = "One moment."

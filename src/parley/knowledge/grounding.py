@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from parley.config import Settings, config_file_path
+from parley.knowledge.bm25 import terms
 from parley.knowledge.facts import Fact, KnowledgeBase
 
 AnswerMode = Literal["quote", "restate"]
@@ -66,9 +67,16 @@ class AgentKnowledge:
     base: KnowledgeBase
     mode: AnswerMode
     path: Path
+    tools_asked_by: frozenset[str] = frozenset()
+    """Stems of ``agent.tools_asked_by``: words that ask for an action, not a fact."""
+
+    def asks_for_tools(self, text: str) -> bool:
+        """Whether ``text`` has a word of ``agent.tools_asked_by`` (any form of it);
+        True when the list is empty (every turn may act)."""
+        return not self.tools_asked_by or not self.tools_asked_by.isdisjoint(terms(text))
 
     def with_mode(self, mode: AnswerMode) -> AgentKnowledge:
-        return AgentKnowledge(self.base, mode, self.path)
+        return AgentKnowledge(self.base, mode, self.path, self.tools_asked_by)
 
     def ground(self, text: str, *, quote: bool = True, last_said: str | None = None) -> Grounding:
         """What the reply to ``text`` is built on; ``quote=False``: never a quote (the
@@ -98,4 +106,5 @@ def load_agent_knowledge(settings: Settings) -> AgentKnowledge | None:
         mode = "quote" if settings.llm.provider == "llama" else "restate"
     else:
         mode = agent.knowledge_answers
-    return AgentKnowledge(base, mode, path)
+    asked_by = frozenset(t for word in agent.tools_asked_by for t in terms(word))
+    return AgentKnowledge(base, mode, path, asked_by)

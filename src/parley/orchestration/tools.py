@@ -5,14 +5,17 @@ downstream system can recognise a repeat even if Parley cannot."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
 import jsonschema
 
-from parley.config import WebhookToolSettings
+from parley.config import WebhookToolSettings, config_file_path
 from parley.telemetry import get_logger
 
 log = get_logger(__name__)
@@ -135,15 +138,39 @@ class ToolRegistry:
         return self.add(Tool(name, description, parameters, call, retry_safe=retry_safe))
 
 
+def _module_from_file(name: str) -> ModuleType:
+    """A tools module that is a file: relative to the agent file's folder (where an
+    agent's files live together), else to the working directory."""
+    path = Path(name)
+    agent_file = config_file_path()
+    if not path.is_absolute() and agent_file is not None:
+        beside = agent_file.parent / path
+        path = beside if beside.is_file() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"agent.tools_module names {name}, which is not a file")
+    spec = importlib.util.spec_from_file_location(f"parley_agent_tools.{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"agent.tools_module {name} cannot be loaded as Python")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_registry(
     tools_module: str | None, webhooks: Sequence[WebhookToolSettings]
 ) -> ToolRegistry:
-    """The agent's tools: the registry named by ``agent.tools_module`` (``pkg.mod:name``)
-    plus the ``[[tools]]`` webhooks of the agent file."""
+    """The agent's tools: the registry named by ``agent.tools_module`` (``pkg.mod:name``,
+    or ``file.py:name`` beside the agent file) plus the ``[[tools]]`` webhooks of the
+    agent file."""
     registry = ToolRegistry()
     if tools_module:
         module_name, _, attribute = tools_module.partition(":")
-        found = getattr(importlib.import_module(module_name), attribute or "registry", None)
+        module = (
+            _module_from_file(module_name)
+            if module_name.endswith(".py")
+            else importlib.import_module(module_name)
+        )
+        found = getattr(module, attribute or "registry", None)
         if not isinstance(found, ToolRegistry):
             raise ValueError(f"agent.tools_module {tools_module!r} is not a ToolRegistry")
         # Copied, not extended: the module's registry is shared by every app built in

@@ -38,9 +38,11 @@ class Replying(SessionCore):
         asked = user_text
         if script is None and user_text is not None and self.knowledge is not None:
             # With tools the envelope decides (a booking request must reach its tool),
-            # so the facts go to the model even when the agent would quote.
+            # so the facts go to the model even when the agent would quote — unless the
+            # agent file says which words ask for an action and none is in these.
+            acts = self.actions is not None and self.knowledge.asks_for_tools(user_text)
             grounding = self.knowledge.ground(
-                user_text, quote=self.actions is None, last_said=self.history.last_reply
+                user_text, quote=not acts, last_said=self.history.last_reply
             )
             reply.facts = [f.text for f in grounding.facts]
             # The history keeps the caller's own words; only this prompt has the facts.
