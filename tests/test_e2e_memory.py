@@ -59,9 +59,9 @@ async def test_a_reconnect_resumes_with_the_summary_of_older_turns(
         # The first two caller turns (and what was said between them) left the window.
         assert memory["covered"] == 2
         lines = memory["summary"].split("\n")
-        assert lines[0] == "You: Hello, this is Parley."  # the test agent file's greeting
-        assert lines[1].startswith("Caller: ") and heard[0].startswith(lines[1][8:].rstrip(" …"))
-        assert [line[:5] for line in lines[2:]] == ["You: ", "Calle"]
+        # The greeting ("Hello, this is Parley.") says nothing about the call: not kept.
+        assert lines[0].startswith("Caller: ") and heard[0].startswith(lines[0][8:].rstrip(" …"))
+        assert [line[:5] for line in lines[1:]] == ["You: ", "Calle"]
         assert [e["data"]["covered"] for e in record["events"] if e["stage"] == "memory.summarized"]
 
         async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
@@ -82,4 +82,4 @@ async def test_a_reconnect_resumes_with_the_summary_of_older_turns(
 
         inspected = inspection(record)
         assert inspected["memory"]["summary"] == memory["summary"]
-        assert "remembered (first 2 caller turns): You: Hello" in format_inspection(inspected)
+        assert "remembered (first 2 caller turns): Caller: " in format_inspection(inspected)

@@ -43,7 +43,8 @@ async def test_excerpts_keep_how_the_call_began_and_the_newest_within_the_budget
         ChatMessage("user", "I would like to book a table for four on Friday"),
         ChatMessage("assistant", "We take bookings by email."),
     ]
-    summary = await summarizer.summarize("", said)
+    greeting = ChatMessage("assistant", "Hi, you're through to Juniper Bistro.")
+    summary = await summarizer.summarize("", [greeting, *said])
     assert summary == "Caller: I would like to book …\nYou: We take bookings by email."
     for n in range(6):
         summary = await summarizer.summarize(summary, [ChatMessage("user", f"question {n}")])

@@ -82,8 +82,9 @@ def _speaker(message: ChatMessage) -> str:
 
 class ExcerptSummarizer:
     """Each message that left the window, cut to its first words, one line each. Over
-    the budget, the first line (how the call began: usually why they called) and the
-    newest lines are kept, and an ellipsis marks what was left out."""
+    the budget, the caller's first line (usually why they called) and the newest lines
+    are kept, and an ellipsis marks what was left out. The agent's words before the
+    caller's first (the greeting) are not kept: they say nothing about this call."""
 
     kind: SummaryKind = "excerpts"
 
@@ -95,7 +96,7 @@ class ExcerptSummarizer:
         lines = [line for line in summary.split("\n") if line]
         for message in messages:
             words = message.content.split()
-            if not words:
+            if not words or (not lines and message.role != "user"):
                 continue
             text = " ".join(words[: self._words]) + (" …" if len(words) > self._words else "")
             lines.append(f"{_speaker(message)}: {text}")
