@@ -220,6 +220,12 @@ def test_the_model_schema_offers_only_real_tools_and_calls_get_stable_ids():
     assert "book_table" in model_instructions(list(booking_tools.registry))
     envelope = parse_envelope(BOOK % f"{CALL}, {CALL}")
     assert [c.id for c in envelope.tool_calls] == ["call_1", "call_2"]
+    # State updates are asked of a model that can write them (not the embedded one).
+    assert "state_updates" in schema["properties"]
+    assert "state_updates" in model_instructions(list(booking_tools.registry))
+    tools = list(booking_tools.registry)
+    assert "state_updates" not in model_schema(tools, state=False)["properties"]
+    assert "state_updates" not in model_instructions(tools, state=False)
 
 
 async def test_envelope_tool_calls_run_through_the_ledger_once(tool_api):

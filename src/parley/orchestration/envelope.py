@@ -86,10 +86,12 @@ class ToolSpec(Protocol):
     def parameters(self) -> dict[str, Any]: ...
 
 
-def model_schema(tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:
+def model_schema(tools: Sequence[ToolSpec] = (), *, state: bool = True) -> dict[str, Any]:
     """MODEL_SCHEMA, plus ``tool_calls`` when the agent has tools: each call names one of
     them and carries arguments of that tool's schema (a grammar then keeps the model to
-    real tool names). Call ids are not the model's to write: see :func:`parse_envelope`."""
+    real tool names). Call ids are not the model's to write: see :func:`parse_envelope`.
+    ``state``: the model may also write ``state_updates`` (not the embedded 135M model,
+    which filled them with schema fragments and dates nobody said)."""
     if not tools:
         return MODEL_SCHEMA
     calls = [
@@ -102,25 +104,31 @@ def model_schema(tools: Sequence[ToolSpec] = ()) -> dict[str, Any]:
     ]
     schema = json.loads(json.dumps(MODEL_SCHEMA))
     schema["properties"]["tool_calls"] = {"type": "array", "items": {"anyOf": calls}}
-    # Last, after the calls: what the turn settled, kept as the conversation's state.
-    schema["properties"]["state_updates"] = {
-        "type": "object",
-        "additionalProperties": {"type": "string", "maxLength": STATE_VALUE_MAX_CHARS},
-    }
+    if state:
+        # Last, after the calls: what the turn settled, kept as the conversation's state.
+        schema["properties"]["state_updates"] = {
+            "type": "object",
+            "additionalProperties": {"type": "string", "maxLength": STATE_VALUE_MAX_CHARS},
+        }
     return cast(dict[str, Any], schema)
 
 
-def model_instructions(tools: Sequence[ToolSpec] = ()) -> str:
+def model_instructions(tools: Sequence[ToolSpec] = (), *, state: bool = True) -> str:
     if not tools:
         return MODEL_INSTRUCTIONS
     listed = "; ".join(
         f"{t.name}({json.dumps(t.parameters.get('properties', {}))}): {t.description}"
         for t in tools
     )
+    settled = (
+        " What the caller and you settle (a name, a date, a party size), add as "
+        "state_updates: an object of short strings."
+        if state
+        else ""
+    )
     return (
         f"{MODEL_INSTRUCTIONS} To act, add tool_calls: a list of {{name, arguments}} "
-        f"objects. Tools: {listed}. What the caller and you settle (a name, a date, a "
-        f"party size), add as state_updates: an object of short strings."
+        f"objects. Tools: {listed}.{settled}"
     )
 
 

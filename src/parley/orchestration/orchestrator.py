@@ -48,10 +48,13 @@ class Orchestrator:
         system_prompt: str,
         tools: Sequence[ToolSpec] = (),
         attempts: int = 2,
+        *,
+        state_updates: bool = True,
     ) -> None:
+        """``state_updates``: the model is asked for them (see ``model_schema``)."""
         self._llm = llm
-        self._system = f"{system_prompt} {model_instructions(tools)}"
-        self._schema = model_schema(tools)
+        self._system = f"{system_prompt} {model_instructions(tools, state=state_updates)}"
+        self._schema = model_schema(tools, state=state_updates)
         self._attempts = attempts
         self.calls = 0
         """LLM calls made (what idempotency must not repeat)."""

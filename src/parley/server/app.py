@@ -123,7 +123,12 @@ def create_app(
         tools = load_registry(settings.agent.tools_module, settings.tools)
         app.state.ledger = ToolLedger(app.state.store, tools)
         app.state.orchestrator = (
-            Orchestrator(structured, settings.agent.system_prompt, list(tools))
+            Orchestrator(
+                structured,
+                settings.agent.system_prompt,
+                list(tools),
+                state_updates=settings.llm.provider != "llama",
+            )
             if structured
             else None
         )
