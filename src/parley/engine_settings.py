@@ -82,6 +82,18 @@ class STTSettings(STTProviderSettings):
     partial_interval: float = Field(default=0.8, gt=0)
     """Seconds of speech between partial transcripts."""
     partials: bool = True
+    revise: bool = True
+    """Revised finals: once a turn's reply is over, its whole audio (every segment, as
+    one window) is transcribed again in the background by the reviser; words that differ
+    patch the stored segments and the history, and the client gets ``transcript.revised``."""
+    reviser: STTProviderSettings | None = None
+    """The recognizer that revises (a larger embedded model, a remote provider); unset:
+    the live recognizer when it runs here (a remote live one is never asked twice)."""
+    revise_max_secs: float = Field(default=30.0, gt=0, le=120)
+    """Turns with more audio than this are not revised (their audio is not kept)."""
+    revise_max_wait_secs: float = Field(default=20.0, gt=0)
+    """An embedded reviser runs only while the process is quiet (no inference under way,
+    no caller speaking or being answered): a revision not started by then is skipped."""
     fallbacks: list[STTProviderSettings] = Field(default_factory=list)
     breaker: BreakerSettings = BreakerSettings()
 
