@@ -358,13 +358,16 @@ async def test_a_finished_turn_is_revised_after_its_reply_and_the_record_is_patc
     assert len(h.reviser.heard) == 1
     assert h.reviser.live_when_called == [False]
     assert h.sink.of("agent.text")  # the reply came first, on the finals
-    (revised,) = h.revisions()
-    segment = h.sink.of("transcript.final")[0]["segment_id"]
-    assert revised == {
+    first, second = (e["segment_id"] for e in h.sink.of("transcript.final"))
+    assert {e["segment_id"]: (e["text"], e["previous_text"]) for e in h.revisions()} == {
+        first: ("hello dear", "hello there"),
+        second: ("please.", "please"),  # its words stand; its text is the revision's
+    }
+    assert h.revisions()[0] == {
         "type": "transcript.revised",
-        "ts": revised["ts"],
+        "ts": h.revisions()[0]["ts"],
         "turn_id": 1,
-        "segment_id": segment,
+        "segment_id": first,
         "text": "hello dear",
         "previous_text": "hello there",
         "turn_text": "hello dear please.",
@@ -374,12 +377,11 @@ async def test_a_finished_turn_is_revised_after_its_reply_and_the_record_is_patc
     users = [m.content for m in h.session.history.messages if m.role == "user"]
     assert users == ["hello dear please."]
     (entry,) = await h.timeline("transcript.revision")
-    assert entry["outcome"] == "revised" and entry["segment_ids"] == [segment]
+    assert entry["outcome"] == "revised" and entry["segment_ids"] == [first, second]
     assert entry["previous_text"] == "hello there please"
     assert entry["recognizer"] == "scripted" and entry["audio_secs"] > 0
     stored = {s.segment_id: (s.kind, s.text) for s in await h.store.segments(h.session_id)}
-    assert stored[segment] == ("revised", "hello dear")
-    assert [kind for kind, _ in stored.values()].count("final") == 1
+    assert stored == {first: ("revised", "hello dear"), second: ("revised", "please.")}
     (turn,) = await h.store.turns(h.session_id)
     assert turn.user_text == "hello dear please."
 
@@ -534,3 +536,51 @@ class LongTTS:
 def test_the_scripted_words_are_the_live_ones_but_one() -> None:
     """The tests above rely on it: only level 3's words differ."""
     assert {k for k in WORDS if WORDS[k] != REVISED[k]} == {3}
+
+
+async def test_a_supervisor_reads_the_revised_words_of_the_turn(revising: RevisionHarness) -> None:
+    from parley.transports.supervision import SupervisionHub
+
+    h = revising
+    hub = SupervisionHub()
+    watched = hub.attach(h.session, "websocket")
+    try:
+        await h.two_segment_turn()
+        await until(lambda: h.revisions())
+        for ev in h.sink.events:  # what the transport's sink shows the hub
+            watched.event(ev)
+        callers = [line for line in watched.transcript if line["role"] == "caller"]
+        assert callers == [
+            {"role": "caller", "text": "hello dear please.", "turn_id": 1, "revised": True}
+        ]
+        assert watched.summary()["latest_user"] == "hello dear please."
+    finally:
+        hub.detach(watched)
+
+
+async def test_the_reviser_is_the_named_one_else_the_live_recognizer_when_it_runs_here() -> None:
+    from parley.engines.chains import build_reviser
+    from parley.engines.stt_openai import OpenAICompatibleSTT
+
+    class Here:
+        device = "cpu"
+
+    class Elsewhere:
+        device = "remote"
+
+    here = Here()
+    on = Settings(stt={"revise": True})
+    assert await build_reviser(on, here) == Reviser(here, "live", True)  # type: ignore[arg-type]
+    # A remote live recognizer is not asked twice (it may be paid by the request).
+    assert await build_reviser(on, Elsewhere()) is None  # type: ignore[arg-type]
+    assert await build_reviser(Settings(stt={"revise": False}), here) is None  # type: ignore[arg-type]
+    named = Settings(
+        stt={
+            "revise": True,
+            "reviser": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "name": "big"},
+        }
+    )
+    reviser = await build_reviser(named, here)  # type: ignore[arg-type]
+    assert reviser is not None and reviser.name == "big" and not reviser.local
+    assert isinstance(reviser.stt, OpenAICompatibleSTT)
+    await reviser.stt.aclose()

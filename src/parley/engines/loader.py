@@ -92,7 +92,7 @@ async def load_engines(settings: Settings) -> Engines:
         eou=eou,
         eou_text=eou_text,
         reviser=reviser,
-        background=BackgroundWork(functools.partial(_quiet, tts)),
+        background=background_work(tts),
     )
     await warm_up(engines)
     log.info(
@@ -140,6 +140,11 @@ async def warm_up(engines: Engines) -> None:
             await step()
         except (EngineError, TimeoutError) as exc:
             log.warning("warm-up failed (the first call pays)", engine=name, error=repr(exc))
+
+
+def background_work(tts: TextToSpeech) -> BackgroundWork:
+    """The process's background work, held back by every lane and by ``tts``'s Piper."""
+    return BackgroundWork(functools.partial(_quiet, tts))
 
 
 def _quiet(tts: TextToSpeech) -> bool:

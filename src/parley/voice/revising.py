@@ -98,14 +98,18 @@ class Revising(SessionCore):
             log.warning("revision failed", turn_id=turn.turn_id, error=repr(exc))
             self._record_revision(turn, reviser, "failed", reason=type(exc).__name__)
             return
-        took_ms = round((self._now() - started) * 1000, 1)
-        detail = {"audio_secs": audio_secs, "revise_ms": took_ms}
-        previous = turn.text
-        if not result.text or not differs(previous, result.text):
+        waited = (self._now() - started) * 1000 - result.duration_ms
+        detail = {
+            "audio_secs": audio_secs,
+            "revise_ms": round(result.duration_ms, 1),
+            "waited_ms": round(max(0.0, waited), 1),  # for the process to be quiet
+        }
+        previous, revised = turn.text, " ".join(result.text.split())
+        if not revised or not differs(previous, revised):
             # Never erase words: a reviser that hears nothing does not revise.
             self._record_revision(turn, reviser, "unchanged", **detail)
             return
-        self._apply_revision(turn, reviser, previous, result.text, detail)
+        self._apply_revision(turn, reviser, previous, revised, detail)
 
     async def _transcribe(self, reviser: Reviser, audio: Any) -> Transcript:
         if not reviser.local:
@@ -122,8 +126,10 @@ class Revising(SessionCore):
         revised: str,
         detail: dict[str, Any],
     ) -> None:
+        # Every segment whose text changes at all (a full stop too): the turn's segments
+        # joined stay its user text, in the record and on the client.
         parts = split_by_segments(turn.texts, revised)
-        changed = {i: t for i, t in parts.items() if differs(turn.texts.get(i, ""), t)}
+        changed = {i: t for i, t in parts.items() if t != turn.texts.get(i, "")}
         if turn.history_index is not None:
             self.history.revise_user(turn.history_index, previous, revised)
         for index, text in sorted(changed.items()):
