@@ -162,7 +162,10 @@ async def test_the_live_recognizer_hears_a_turn_said_in_two_parts_again_as_one(
         ended_at, ended = await call.wait_for("turn.ended", after=greeted_at, timeout=30)
         turn_id = ended["turn_id"]
         finals = [e for e in call.of_type("transcript.final") if e["turn_id"] == turn_id]
-        assert len(finals) >= 2, (ended, call.of_type("transcript.final"))  # the premise: the turn was said in two parts
+        assert len(finals) >= 2, (
+            ended,
+            call.of_type("transcript.final"),
+        )  # the premise: the turn was said in two parts
         await wait_reply_done(call, after=ended_at)
         record = await stored_record(srv, call, lambda r: revision_entry(r))
         entry = revision_entry(record)

@@ -570,17 +570,37 @@ async def test_the_reviser_is_the_named_one_else_the_live_recognizer_when_it_run
 
     here = Here()
     on = Settings(stt={"revise": True})
-    assert await build_reviser(on, here) == Reviser(here, "live", True)  # type: ignore[arg-type]
+    assert await build_reviser(on, here) == Reviser(here, "live", True)
     # A remote live recognizer is not asked twice (it may be paid by the request).
-    assert await build_reviser(on, Elsewhere()) is None  # type: ignore[arg-type]
-    assert await build_reviser(Settings(stt={"revise": False}), here) is None  # type: ignore[arg-type]
+    assert await build_reviser(on, Elsewhere()) is None
+    assert await build_reviser(Settings(stt={"revise": False}), here) is None
     named = Settings(
         stt={
             "revise": True,
             "reviser": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "name": "big"},
         }
     )
-    reviser = await build_reviser(named, here)  # type: ignore[arg-type]
+    reviser = await build_reviser(named, here)
     assert reviser is not None and reviser.name == "big" and not reviser.local
     assert isinstance(reviser.stt, OpenAICompatibleSTT)
     await reviser.stt.aclose()
+    # A chain: its primary decides. An embedded fallback does not revise a remote
+    # primary's (better) words; an embedded primary revises, never through the chain.
+    from parley.engine_settings import BreakerSettings
+    from parley.engines.breaker import CircuitBreaker
+    from parley.engines.fallback import FallbackSTT, Provider
+
+    async def probe() -> None:
+        return None
+
+    def chain(*engines: Any) -> FallbackSTT:
+        return FallbackSTT(
+            "stt",
+            [
+                Provider(f"p{i}", e, CircuitBreaker("stt", f"p{i}", BreakerSettings(), probe), 1.0)
+                for i, e in enumerate(engines)
+            ],
+        )
+
+    assert await build_reviser(on, chain(Elsewhere(), here)) is None
+    assert await build_reviser(on, chain(here, Elsewhere())) == Reviser(here, "live", True)

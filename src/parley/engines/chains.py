@@ -57,7 +57,7 @@ async def build_stt(settings: Settings) -> SpeechToText:
 
 async def build_reviser(settings: Settings, live: SpeechToText) -> Reviser | None:
     """The recognizer that revises finished turns: ``stt.reviser`` when set, else the
-    live recognizer's embedded engine; None when revising is off, or the live
+    live recognizer when its primary runs here; None when revising is off, or the live
     recognizer is remote and no reviser is named (a paid provider is not asked twice)."""
     stage = settings.stt
     if not stage.revise:
@@ -66,8 +66,10 @@ async def build_reviser(settings: Settings, live: SpeechToText) -> Reviser | Non
         own = as_stage(stage, stage.reviser)
         engine = await _one_stt(own, lane="stt-revise")
         return Reviser(engine, provider_name(stage.reviser), local=own.provider != "openai")
-    local = [e for e in stage_engines(live) if getattr(e, "device", None) != "remote"]
-    return Reviser(local[0], "live", local=True) if local else None
+    # Only a primary that runs here: revising a remote recognizer's words with the
+    # embedded fallback would trade better words for worse.
+    primary = stage_engines(live)[0]
+    return None if getattr(primary, "device", None) == "remote" else Reviser(primary, "live", True)
 
 
 async def build_llm(settings: Settings) -> LanguageModel:
