@@ -580,6 +580,8 @@ async def test_the_reviser_is_the_named_one_else_the_live_recognizer_when_it_run
             "reviser": {"provider": "openai", "base_url": "http://127.0.0.1:9/v1", "name": "big"},
         }
     )
+    with pytest.raises(ValueError, match="must not be 'live'"):
+        Settings(stt={"reviser": {"provider": "openai", "name": "live"}})  # a clear refusal
     reviser = await build_reviser(named, here)
     assert reviser is not None and reviser.name == "big" and not reviser.local
     assert isinstance(reviser.stt, OpenAICompatibleSTT)

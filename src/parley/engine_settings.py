@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -96,6 +96,12 @@ class STTSettings(STTProviderSettings):
     no caller speaking or being answered): a revision not started by then is skipped."""
     fallbacks: list[STTProviderSettings] = Field(default_factory=list)
     breaker: BreakerSettings = BreakerSettings()
+
+    @model_validator(mode="after")
+    def _reviser_named_apart(self) -> STTSettings:
+        if self.reviser is not None and self.reviser.name == "live":
+            raise ValueError("stt.reviser.name must not be 'live': it names the live recognizer")
+        return self
 
 
 class LLMProviderSettings(RemoteProviderFields):

@@ -63,9 +63,10 @@ async def build_reviser(settings: Settings, live: SpeechToText) -> Reviser | Non
     if not stage.revise:
         return None
     if stage.reviser is not None:
+        name = provider_name(stage.reviser)  # never "live" (the settings refuse it)
         own = as_stage(stage, stage.reviser)
         engine = await _one_stt(own, lane="stt-revise")
-        return Reviser(engine, provider_name(stage.reviser), local=own.provider != "openai")
+        return Reviser(engine, name, local=own.provider != "openai")
     # Only a primary that runs here: revising a remote recognizer's words with the
     # embedded fallback would trade better words for worse.
     primary = stage_engines(live)[0]

@@ -79,6 +79,9 @@ class Revising(SessionCore):
         segments = [turn.segments[i] for i in sorted(turn.segments)]
         audio = joined_audio(segments)
         audio_secs = round(audio.size / SAMPLE_RATE, 2)
+        if audio.size == 0:
+            self._record_revision(turn, reviser, "skipped", reason="no_audio")
+            return
         if reviser.name == "live" and len(segments) == 1:
             seg = segments[0]
             if seg.heard_windows >= len(seg.audio):
