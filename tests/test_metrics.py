@@ -115,8 +115,13 @@ def test_an_interrupted_turn_and_a_reconnect_are_counted() -> None:
     observer.timeline("session.reconnected", None, {"recovery_ms": 25.0, "messages": 4})
     observer.timeline("webrtc.inbound_stats", None, {"packets_lost": 3, "jitter_ms": 4.0})
     observer.timeline("webrtc.inbound_stats", None, {"packets_lost": 5, "jitter_ms": 2.0})
+    observer.timeline("transcript.revision", 3, {"outcome": "revised", "previous_text": "x"})
+    observer.timeline("transcript.revision", 4, {"outcome": "skipped", "reason": "busy"})
     s = scrape(metrics)
     rtc = {"transport": "webrtc"}
+    revisions = "parley_transcript_revisions_total"
+    assert value(s, revisions, outcome="revised", reason="", **rtc) == 1
+    assert value(s, revisions, outcome="skipped", reason="busy", **rtc) == 1
     assert value(s, "parley_interruptions_total", **rtc) == 1
     assert value(s, "parley_turns_total", state="interrupted", **rtc) == 1
     assert value(s, "parley_reconnects_total", **rtc) == 1

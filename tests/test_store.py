@@ -188,3 +188,24 @@ async def test_retention_purges_summaries_with_the_transcripts(store: Store):
     await store.save_memory(new.id, {"summary": "kept", "covered": 2})
     await store.purge_transcripts_before(datetime.now(UTC) - timedelta(days=1))
     assert (await store.get_session(new.id)).memory == {"summary": "kept", "covered": 2}  # type: ignore[union-attr]
+
+
+async def test_a_revised_turn_patches_its_segments_and_user_text_at_once(store: Store):
+    session = await store.create_session()
+    turn, _ = await store.begin_turn(session.id, "k", user_text="book a ta ble for two")
+    await store.add_segment(session.id, turn.seq, 1, "book a ta")
+    await store.add_segment(session.id, turn.seq, 2, "ble for two")
+    revised = {1: "book a table", 2: "for two"}
+    assert await store.revise_turn(session.id, turn.seq, revised, "book a table for two")
+    segments = await store.segments(session.id)
+    assert [(s.segment_id, s.kind, s.text) for s in segments] == [
+        (1, "revised", "book a table"),
+        (2, "revised", "for two"),
+    ]
+    assert all(s.revised_at is not None for s in segments)
+    (stored,) = await store.turns(session.id)
+    assert stored.user_text == "book a table for two"
+    # A reconnect's history (and a replay) reads the corrected words.
+    messages, _ = await store.conversation(session.id)
+    assert messages == [("user", "book a table for two")]
+    assert not await store.revise_turn(session.id, turn.seq + 1, revised, "nothing here")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -82,8 +82,26 @@ class STTSettings(STTProviderSettings):
     partial_interval: float = Field(default=0.8, gt=0)
     """Seconds of speech between partial transcripts."""
     partials: bool = True
+    revise: bool = True
+    """Revised finals: once a turn's reply is over, its whole audio (every segment, as
+    one window) is transcribed again in the background by the reviser; words that differ
+    patch the stored segments and the history, and the client gets ``transcript.revised``."""
+    reviser: STTProviderSettings | None = None
+    """The recognizer that revises (a larger embedded model, a remote provider); unset:
+    the live recognizer when it runs here (a remote live one is never asked twice)."""
+    revise_max_secs: float = Field(default=30.0, gt=0, le=120)
+    """Turns with more audio than this are not revised (their audio is not kept)."""
+    revise_max_wait_secs: float = Field(default=20.0, gt=0)
+    """An embedded reviser runs only while the process is quiet (no inference under way,
+    no caller speaking or being answered): a revision not started by then is skipped."""
     fallbacks: list[STTProviderSettings] = Field(default_factory=list)
     breaker: BreakerSettings = BreakerSettings()
+
+    @model_validator(mode="after")
+    def _reviser_named_apart(self) -> STTSettings:
+        if self.reviser is not None and self.reviser.name == "live":
+            raise ValueError("stt.reviser.name must not be 'live': it names the live recognizer")
+        return self
 
 
 class LLMProviderSettings(RemoteProviderFields):

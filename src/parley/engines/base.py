@@ -65,6 +65,17 @@ class SpeechToText(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class Reviser:
+    """The recognizer that revises finished turns (``stt.revise``)."""
+
+    stt: SpeechToText
+    name: str
+    """``live`` when it is the live recognizer itself, else its provider's name."""
+    local: bool
+    """It runs on this machine: it waits for the process to be quiet (background work)."""
+
+
 @runtime_checkable
 class LanguageModel(Protocol):
     def stream_chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[str]:

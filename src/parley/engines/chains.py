@@ -17,9 +17,9 @@ from parley.engine_settings import (
     STTSettings,
     TTSSettings,
 )
-from parley.engines.base import LanguageModel, SpeechToText, TextToSpeech, first_item
+from parley.engines.base import LanguageModel, Reviser, SpeechToText, TextToSpeech, first_item
 from parley.engines.breaker import CircuitBreaker
-from parley.engines.fallback import FallbackSTT, Provider, ProviderChain
+from parley.engines.fallback import FallbackSTT, Provider, ProviderChain, stage_engines
 from parley.engines.fallback_llm import FallbackLLM
 from parley.engines.fallback_tts import FallbackTTS
 
@@ -53,6 +53,24 @@ def _unique(names: list[str]) -> list[str]:
 async def build_stt(settings: Settings) -> SpeechToText:
     stt: SpeechToText = await _build(settings.stt, "stt", _one_stt, FallbackSTT, "attempt_timeout")
     return stt
+
+
+async def build_reviser(settings: Settings, live: SpeechToText) -> Reviser | None:
+    """The recognizer that revises finished turns: ``stt.reviser`` when set, else the
+    live recognizer when its primary runs here; None when revising is off, or the live
+    recognizer is remote and no reviser is named (a paid provider is not asked twice)."""
+    stage = settings.stt
+    if not stage.revise:
+        return None
+    if stage.reviser is not None:
+        name = provider_name(stage.reviser)  # never "live" (the settings refuse it)
+        own = as_stage(stage, stage.reviser)
+        engine = await _one_stt(own, lane="stt-revise")
+        return Reviser(engine, name, local=own.provider != "openai")
+    # Only a primary that runs here: revising a remote recognizer's words with the
+    # embedded fallback would trade better words for worse.
+    primary = stage_engines(live)[0]
+    return None if getattr(primary, "device", None) == "remote" else Reviser(primary, "live", True)
 
 
 async def build_llm(settings: Settings) -> LanguageModel:
@@ -123,14 +141,14 @@ def _probe_of(kind: str, engine: Any) -> Callable[[], Awaitable[None]]:
     return probe
 
 
-async def _one_stt(settings: STTSettings) -> SpeechToText:
+async def _one_stt(settings: STTSettings, lane: str = "stt") -> SpeechToText:
     if settings.provider == "openai":
         from parley.engines.stt_openai import OpenAICompatibleSTT
 
         return OpenAICompatibleSTT(settings)
     from parley.engines.stt_whisper import WhisperSTT
 
-    return await asyncio.to_thread(WhisperSTT, settings)
+    return await asyncio.to_thread(WhisperSTT, settings, lane)
 
 
 async def _one_llm(settings: LLMSettings) -> LanguageModel:

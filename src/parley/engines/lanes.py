@@ -41,8 +41,11 @@ class InferenceLane:
         *,
         timeout: float | None = None,
         slow_secs: float = 2.0,
+        counts_as_load: bool = True,
     ) -> None:
         self.name = name
+        self.counts_as_load = counts_as_load
+        """Whether a call here holds background work back (``engines/background.py``)."""
         self.concurrency = concurrency
         self.timeout = timeout
         self.slow_secs = slow_secs

@@ -6,14 +6,16 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from parley.config import Settings
+from parley.engines.background import BackgroundWork, lanes_quiet
 from parley.engines.base import (
     EndOfTurnModel,
     EngineError,
     LanguageModel,
+    Reviser,
     SpeechToText,
     TextEndOfTurnModel,
     TextToSpeech,
@@ -34,9 +36,15 @@ class Engines:
     eou: EndOfTurnModel
     eou_text: TextEndOfTurnModel | None = None
     """The words' end-of-turn model; None when ``turn.text_model`` is off."""
+    reviser: Reviser | None = None
+    """Revises finished turns; None when ``stt.revise`` is off or nothing can."""
+    background: BackgroundWork = field(default_factory=BackgroundWork)
+    """This process's background inference (revisions), behind its live work."""
 
     async def close(self) -> None:
-        for engine in (self.stt, self.llm, self.vad, self.eou, self.eou_text):
+        reviser = self.reviser
+        own_reviser = reviser.stt if reviser is not None and reviser.name != "live" else None
+        for engine in (self.stt, self.llm, self.vad, self.eou, self.eou_text, own_reviser):
             if engine is None:
                 continue
             aclose = getattr(engine, "aclose", None)
@@ -54,7 +62,7 @@ class Engines:
 async def load_engines(settings: Settings) -> Engines:
     """Load the engines (model loading runs in threads, TTS workers start meanwhile); a
     stage with fallbacks is a chain of its providers (``engines/chains.py``)."""
-    from parley.engines.chains import build_llm, build_stt, build_tts
+    from parley.engines.chains import build_llm, build_reviser, build_stt, build_tts
     from parley.engines.turn_smart import SmartTurn
     from parley.engines.vad_silero import SileroVAD
 
@@ -62,6 +70,7 @@ async def load_engines(settings: Settings) -> Engines:
     tts_started = asyncio.ensure_future(build_tts(settings))
     try:
         stt = await build_stt(settings)
+        reviser = await build_reviser(settings, stt)
         llm = await build_llm(settings)
         vad = await asyncio.to_thread(SileroVAD)
         eou = await asyncio.to_thread(SmartTurn, None, settings.stt.device)
@@ -75,7 +84,16 @@ async def load_engines(settings: Settings) -> Engines:
         await asyncio.wait([tts_started])  # its Piper workers are stopped by the cancel
         raise
     tts = await tts_started
-    engines = Engines(stt=stt, llm=llm, tts=tts, vad=vad, eou=eou, eou_text=eou_text)
+    engines = Engines(
+        stt=stt,
+        llm=llm,
+        tts=tts,
+        vad=vad,
+        eou=eou,
+        eou_text=eou_text,
+        reviser=reviser,
+        background=background_work(tts),
+    )
     await warm_up(engines)
     log.info(
         "engines loaded",
@@ -108,6 +126,9 @@ async def warm_up(engines: Engines) -> None:
     steps: list[tuple[str, Callable[[], Awaitable[Any]]]] = [
         ("stt", functools.partial(s.transcribe, silence)) for s in _embedded(engines.stt)
     ]
+    reviser = engines.reviser
+    if reviser is not None and reviser.local and reviser.name != "live":
+        steps.append(("stt_reviser", functools.partial(reviser.stt.transcribe, silence)))
     steps.append(("end_of_turn", functools.partial(engines.eou.completion_probability, silence)))
     if engines.eou_text is not None:
         text_model = engines.eou_text
@@ -119,6 +140,16 @@ async def warm_up(engines: Engines) -> None:
             await step()
         except (EngineError, TimeoutError) as exc:
             log.warning("warm-up failed (the first call pays)", engine=name, error=repr(exc))
+
+
+def background_work(tts: TextToSpeech) -> BackgroundWork:
+    """The process's background work, held back by every lane and by ``tts``'s Piper."""
+    return BackgroundWork(functools.partial(_quiet, tts))
+
+
+def _quiet(tts: TextToSpeech) -> bool:
+    """No live inference under way here: the lanes, and Piper (its own processes)."""
+    return lanes_quiet() and not any(getattr(t, "busy", False) for t in _embedded(tts))
 
 
 def _embedded(engine: Any) -> list[Any]:

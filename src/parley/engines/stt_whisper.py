@@ -45,7 +45,7 @@ class WhisperSTT:
     ``min_window_secs = 30`` gives standard Whisper behaviour.
     """
 
-    def __init__(self, settings: STTSettings) -> None:
+    def __init__(self, settings: STTSettings, lane: str = "stt") -> None:
         device.ctranslate2_module()  # first: it decides how CTranslate2's threads idle
         from faster_whisper import WhisperModel
         from faster_whisper.tokenizer import Tokenizer
@@ -72,7 +72,7 @@ class WhisperSTT:
             language=settings.language if multilingual else None,
         )
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
-        self._lane = InferenceLane("stt", 1, timeout=STT_TIMEOUT_SECS)
+        self._lane = InferenceLane(lane, 1, timeout=STT_TIMEOUT_SECS)
 
     @property
     def busy(self) -> bool:

@@ -114,6 +114,12 @@ class PiperTTS:
         return len(self._workers)
 
     @property
+    def busy(self) -> bool:
+        """A worker is synthesizing (or draining a cancelled request): background work
+        waits (``engines/background.py``)."""
+        return any(worker not in self._idle for worker in self._workers)
+
+    @property
     def workers(self) -> int:
         """Workers the pool keeps running (``tts.workers``)."""
         return self._settings.workers

@@ -34,7 +34,9 @@ class SileroVAD:
             providers=["CPUExecutionProvider"],
         )
         # Tiny per-window calls: one thread serves every session without queueing visibly.
-        self._lane = InferenceLane("vad", 1, timeout=10.0, slow_secs=0.5)
+        # They never stop (every window of every connection, speech or silence), so they
+        # are not load that holds background work back.
+        self._lane = InferenceLane("vad", 1, timeout=10.0, slow_secs=0.5, counts_as_load=False)
         # Windows that arrive while the lane works wait here and then go to it together:
         # one hop to the thread (and one back) for every session's window of that moment,
         # not one each. The model's state is per stream, so it cannot batch the inference

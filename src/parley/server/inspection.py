@@ -101,6 +101,8 @@ def turn_waterfall(turn: dict[str, Any], events: list[dict[str, Any]]) -> dict[s
         ],
         "interrupted": data.get("turn.interrupted"),
         "overlaps_ignored": [e["data"] for e in events if e["stage"] == "overlap.ignored"],
+        # The turn heard again after its reply (stt.revise): how that went.
+        "revision": data.get("transcript.revision"),
         "started_at": turn["transitions"][0]["at"] if turn.get("transitions") else None,
     }
     return out

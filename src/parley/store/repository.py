@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.store.leases import Claim, Lease, owner_id
 from parley.store.models import (
@@ -172,30 +173,58 @@ class Store(TurnStore):
     ) -> TranscriptSegment:
         """Store a final transcript segment, or patch it in place with a revised final."""
         async with self.db.session() as s:
-            existing = await s.scalar(
-                select(TranscriptSegment).where(
-                    TranscriptSegment.session_id == session_id,
-                    TranscriptSegment.turn_seq == turn_seq,
-                    TranscriptSegment.segment_id == segment_id,
-                )
+            return await self._put_segment(s, session_id, turn_seq, segment_id, text, revised)
+
+    async def revise_turn(
+        self, session_id: str, turn_seq: int, segments: dict[int, str], user_text: str
+    ) -> bool:
+        """A revised final of a whole turn, in one transaction: its segments patched in
+        place (``kind`` "revised", ``revised_at``) and its user text — what a reconnect's
+        history and a replay read — replaced. False if the turn is not stored."""
+        async with self.db.session() as s:
+            turn = await s.scalar(
+                select(Turn).where(Turn.session_id == session_id, Turn.seq == turn_seq)
             )
-            text = self.stored_text(text)
-            if existing is not None and revised:
-                existing.text = text
-                existing.kind = "revised"
-                existing.revised_at = utcnow()
-                return existing
-            if existing is not None:
-                return existing  # a repeated final: idempotent
-            segment = TranscriptSegment(
-                session_id=session_id,
-                turn_seq=turn_seq,
-                segment_id=segment_id,
-                kind="revised" if revised else "final",
-                text=text,
-                created_at=utcnow(),
+            if turn is None:
+                return False
+            turn.user_text = self.stored_text(user_text)
+            for segment_id, text in sorted(segments.items()):
+                await self._put_segment(s, session_id, turn_seq, segment_id, text, True)
+        return True
+
+    async def _put_segment(
+        self,
+        s: AsyncSession,
+        session_id: str,
+        turn_seq: int,
+        segment_id: int,
+        text: str,
+        revised: bool,
+    ) -> TranscriptSegment:
+        existing = await s.scalar(
+            select(TranscriptSegment).where(
+                TranscriptSegment.session_id == session_id,
+                TranscriptSegment.turn_seq == turn_seq,
+                TranscriptSegment.segment_id == segment_id,
             )
-            s.add(segment)
+        )
+        text = self.stored_text(text)
+        if existing is not None and revised:
+            existing.text = text
+            existing.kind = "revised"
+            existing.revised_at = utcnow()
+            return existing
+        if existing is not None:
+            return existing  # a repeated final: idempotent
+        segment = TranscriptSegment(
+            session_id=session_id,
+            turn_seq=turn_seq,
+            segment_id=segment_id,
+            kind="revised" if revised else "final",
+            text=text,
+            created_at=utcnow(),
+        )
+        s.add(segment)
         return segment
 
     async def segments(self, session_id: str) -> Sequence[TranscriptSegment]:

@@ -140,6 +140,13 @@ class VoiceMetrics:
         self.tool_calls = Counter(
             "parley_tool_calls", "Tool calls by outcome.", ("tool", "status"), registry=r
         )
+        self.revisions = Counter(
+            "parley_transcript_revisions",
+            "Finished turns heard again (stt.revise), by outcome (revised, unchanged, "
+            "skipped, failed) and, when skipped, why.",
+            (*t, "outcome", "reason"),
+            registry=r,
+        )
         self.webrtc_packets_lost = Counter(
             "parley_webrtc_packets_lost",
             "Inbound (microphone) RTP packets lost, as aiortc reports them.",
@@ -286,6 +293,9 @@ class MetricsObserver:
             # "supervisor:Maria" counts as "supervisor": names are no label values.
             by = str(data.get("by", "unknown")).split(":", 1)[0]
             m.handoffs.labels(self.transport, stage.removeprefix("handoff."), by).inc()
+        elif stage == "transcript.revision":
+            outcome, reason = str(data.get("outcome", "unknown")), str(data.get("reason", ""))
+            m.revisions.labels(self.transport, outcome, reason).inc()
         elif stage == "tool.result":
             tool = str(data.get("tool", "unknown"))
             m.tool_calls.labels(tool, str(data.get("status", "unknown"))).inc()

@@ -35,6 +35,7 @@ WATCHED_EVENTS = frozenset(
     {
         "transcript.partial",
         "transcript.final",
+        "transcript.revised",
         "turn.ended",
         "agent.text",
         "agent.state",
@@ -135,6 +136,8 @@ class SupervisedSession:
         kind = ev.get("type", "")
         if kind not in WATCHED_EVENTS or self.detached:
             return
+        if kind == "transcript.revised":
+            self._revise_line(ev)
         line = self._line(ev)
         if line is not None:
             self.transcript.append(line)
@@ -163,6 +166,18 @@ class SupervisedSession:
         if kind == "human.text":
             return {"role": "human", "text": str(ev.get("text", "")), "turn_id": turn_id}
         return None
+
+    def _revise_line(self, ev: Event) -> None:
+        """A revised final replaces the words of its turn's caller line (a console that
+        opens the session later reads the corrected words)."""
+        text = str(ev.get("turn_text", ""))
+        for line in reversed(self.transcript):
+            if line["role"] == "caller" and line["turn_id"] == ev.get("turn_id"):
+                if line["text"] == self.latest_user:
+                    self.latest_user = text
+                line["text"] = text
+                line["revised"] = True
+                return
 
     def caller_audio(self, pcm: bytes) -> None:
         if self.detached:

@@ -266,7 +266,7 @@ class Handoff(SessionCore):
         reply = self._reply
         if reply is not None:
             self._discard_reply(reply)
-        self.history.add_user(text)
+        turn.history_index = self.history.add_user(text)
         if self.recorder is not None:
             self.recorder.turn_finished(
                 turn.turn_id, TurnState.COMPLETED, {"handled_by": "human", "by": self._supervisor}

@@ -66,8 +66,21 @@ class ConversationHistory:
                 return i + 1
         return len(self._messages)
 
-    def add_user(self, text: str) -> None:
+    def add_user(self, text: str) -> int:
+        """Add the caller's words; returns where they are (a revision replaces them there)."""
         self._messages.append(ChatMessage("user", text))
+        return len(self._messages) - 1
+
+    def revise_user(self, index: int, previous: str, text: str) -> bool:
+        """Replace the caller's words at ``index`` (a revised final of their turn), if
+        they are still ``previous`` there; later prompts see the corrected words."""
+        if not 0 <= index < len(self._messages):
+            return False
+        message = self._messages[index]
+        if message.role != "user" or message.content != previous:
+            return False
+        self._messages[index] = ChatMessage("user", text)
+        return True
 
     def add_assistant(self, text: str) -> None:
         if text.strip():

@@ -143,6 +143,7 @@ class Listening(SessionCore):
         turn = self._ensure_turn(seg.audio)
         turn.last_speech_at = last_speech_at
         turn.marks["vad_stopped"] = self._now()  # when the VAD declared the silence
+        self._keep_for_revision(turn, seg)
         final = self._spawn(self._finalize(turn, seg))
         turn.finals.add(final)
         if self._endpoint is not None:
@@ -182,6 +183,7 @@ class Listening(SessionCore):
         declares the speech over); if the silence lasts, a reply is drafted on it at once."""
         me = asyncio.current_task()
         turn.marks["stt_started"] = self._now()
+        seg.heard_windows = len(seg.audio)
         try:
             result = await self.engines.stt.transcribe(seg.samples())
         except EngineError:
@@ -194,6 +196,7 @@ class Listening(SessionCore):
         result = await seg.early if seg.early is not None else None
         if result is None:
             turn.marks["stt_started"] = self._now()
+            seg.heard_windows = len(seg.audio)
             try:
                 result = await self.engines.stt.transcribe(seg.samples())
             except EngineError as exc:

@@ -107,6 +107,18 @@ class SessionRecorder:
 
         self._queue.put_nowait(write)
 
+    def revision(self, turn_id: int, segments: dict[int, str], text: str) -> None:
+        """Patch turn ``turn_id``'s stored segments and user text with a revised final."""
+
+        async def write() -> None:
+            seq = self._seqs.get(turn_id)
+            if seq is None:
+                log.warning("recorder: revision of a turn never stored", turn_id=turn_id)
+                return
+            await self._store.revise_turn(self._session_id, seq, segments, text)
+
+        self._queue.put_nowait(write)
+
     def event(self, stage: str, turn_id: int | None, data: dict[str, Any]) -> None:
         if self._observer is not None:
             self._observer.timeline(stage, turn_id, data)

@@ -29,6 +29,7 @@ from parley.voice.memory import ConversationMemory
 from parley.voice.remembering import Remembering
 from parley.voice.replying import Replying
 from parley.voice.response import Reply
+from parley.voice.revising import Revising
 from parley.voice.turn_ending import TurnEnding
 from parley.voice.turns import Segment, UserTurn
 
@@ -62,8 +63,12 @@ class AudioTooFast(SessionOverloaded):
         self.persistent = persistent
 
 
-class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting, Handoff, Remembering):
+class VoiceSession(
+    Listening, TurnEnding, Replying, BargeIn, Acting, Handoff, Remembering, Revising
+):
     _audio_budget: InboundAudioBudget | None = None
+    _unwatch: Callable[[], None] | None = None
+    """Stops the process's background work from waiting on this session."""
     caller_audio_tap: Callable[[bytes], None] | None = None
     """Sees the caller's audio as it is admitted (a supervisor listening in)."""
 
@@ -105,6 +110,8 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting, Handoff, Re
         )
         self._send_state("listening")
         self.note_activity()
+        # Background inference (revisions) waits while this session hears or answers.
+        self._unwatch = self.engines.background.watch(self._live_now)
         self._audio_task = asyncio.create_task(self._audio_loop(), name="audio-in")
         self._audio_task.add_done_callback(self._audio_loop_ended)
         if self.settings.agent.greeting and not self._restored:
@@ -214,6 +221,8 @@ class VoiceSession(Listening, TurnEnding, Replying, BargeIn, Acting, Handoff, Re
             self._turn_count = turn.turn_id
             self._record_turn(turn)
         self._closed = True
+        if self._unwatch is not None:
+            self._unwatch()
         tasks = [t for t in (self._audio_task, self._endpoint) if t is not None]
         if self._reply is not None and self._reply.task is not None:
             tasks.append(self._reply.task)

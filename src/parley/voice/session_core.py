@@ -160,6 +160,12 @@ class SessionCore:
     def _preempt(self, turn: UserTurn, text: str) -> None:
         raise NotImplementedError
 
+    def _keep_for_revision(self, turn: UserTurn, seg: Segment) -> None:
+        raise NotImplementedError
+
+    def _revise_later(self, turn: UserTurn, reply: Reply | None) -> None:
+        raise NotImplementedError
+
     def _start_reply(
         self, turn_id: int, user_text: str | None, *, script: str | None = None, confirmed: bool
     ) -> Reply:

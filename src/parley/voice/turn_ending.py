@@ -147,13 +147,14 @@ class TurnEnding(SessionCore):
                 },
             )
         if self._turn_for_person(turn, text):
+            self._revise_later(turn, None)
             return
         reply = self._reply
         if reply is None or reply.turn_id != turn.turn_id or reply.user_text != text:
             if reply is not None:
                 self._discard_reply(reply)
             reply = self._start_reply(turn.turn_id, text, confirmed=False)
-        self.history.add_user(text)
+        turn.history_index = self.history.add_user(text)
         reply.user_turn = turn
         reply.open_gate()
         self._send_state("thinking")
@@ -161,6 +162,7 @@ class TurnEnding(SessionCore):
             # Only now: a draft (an unconfirmed reply) never acts.
             self._spawn(self._act(reply))
         self._check_handoff_triggers(text)
+        self._revise_later(turn, reply)
 
     def _record_turn(self, turn: UserTurn) -> None:
         """Store a turn the user finished (or, at close, began): the turn, then its final

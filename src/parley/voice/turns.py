@@ -50,6 +50,9 @@ class Segment:
     """Loop time of the segment's last speech (set when it stops)."""
     early: asyncio.Task[Transcript | None] | None = None
     """Transcription started at the first silence, valid while the silence lasts."""
+    heard_windows: int = 0
+    """How many of its windows the latest final transcription of it was given (an early
+    one hears less than the whole: a revision has more to hear)."""
 
     def samples(self) -> np.ndarray:
         return np.concatenate(self.audio) if self.audio else np.zeros(0, np.float32)
@@ -79,6 +82,13 @@ class UserTurn:
     early_finals_discarded: int = 0
     marks: dict[str, float] = field(default_factory=dict)
     """Loop times of the turn's steps, for the timeline in turn.metrics."""
+    segments: dict[int, Segment] = field(default_factory=dict)
+    """Its ended segments, audio and all, kept (in memory only, bounded by
+    ``stt.revise_max_secs``) until the turn is revised; empty when it will not be."""
+    revisable: bool = True
+    """False once its audio outgrew ``stt.revise_max_secs`` (and was let go)."""
+    history_index: int | None = None
+    """Where its words are in the conversation history (a revision replaces them)."""
 
     @property
     def text(self) -> str:

@@ -102,8 +102,10 @@ function onServerEvent(message) {
       transcript.partial(message.turn_id, message.segment_id, message.text);
       break;
     case "transcript.final":
-    case "transcript.revised":
       transcript.final(message.turn_id, message.segment_id, message.text);
+      break;
+    case "transcript.revised":
+      transcript.revised(message.turn_id, message.segment_id, message.text, message.previous_text);
       break;
     case "turn.ended":
       transcript.ended(message.turn_id);

@@ -113,6 +113,14 @@ function drawTurn(turn, axis) {
   for (const err of turn.errors) facts.append(element("span", { class: "error" }, `error ${err.code}${err.stage ? ` (${err.stage})` : ""}`));
   if (turn.interrupted) facts.append(element("span", { class: "interruption" }, `interrupted (${turn.interrupted.reason}, ${turn.interrupted.words ?? 0} words from the caller); the caller heard: “${turn.heard ?? ""}”`));
   for (const o of turn.overlaps_ignored) facts.append(element("span", { class: "overlap" }, `ignored ${o.kind}`));
+  const rev = turn.revision;
+  if (rev) {
+    const took = rev.revise_ms != null ? ` in ${Math.round(rev.revise_ms)} ms` : "";
+    const text = rev.outcome === "revised"
+      ? `transcript revised by ${rev.recognizer}${took}; first heard: “${rev.previous_text ?? ""}”`
+      : `transcript revision: ${rev.outcome}${rev.reason ? ` (${rev.reason})` : ""}`;
+    facts.append(element("span", { class: "revision", "data-outcome": rev.outcome }, text));
+  }
   li.append(facts);
   return li;
 }

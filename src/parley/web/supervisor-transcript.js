@@ -14,7 +14,7 @@ export function element(tag, attrs = {}, text) {
 }
 
 export function transcriptLine(line) {
-  const li = element("li", { class: line.role, "data-turn": String(line.turn_id ?? "") });
+  const li = element("li", { class: line.role + (line.revised ? " revised" : ""), "data-turn": String(line.turn_id ?? "") });
   li.append(element("span", { class: "who" }, WHO[line.role] || line.role), element("span", { class: "text" }, line.text));
   return li;
 }
@@ -33,7 +33,10 @@ export class LiveTranscript {
   // The server's transcript so far (the answer to "watch").
   lines(lines) {
     this.clear();
-    for (const line of lines) this.line(line.role, line.text, line.turn_id);
+    for (const line of lines) {
+      const li = this.line(line.role, line.text, line.turn_id);
+      if (line.revised) li.classList.add("revised");
+    }
   }
 
   #livePartial() {
@@ -82,9 +85,19 @@ export class LiveTranscript {
   event(ev) {
     const turnId = ev.turn_id;
     switch (ev.type) {
-      case "transcript.partial":
-      case "transcript.final":
       case "transcript.revised": {
+        // After the turn: its caller line gets the turn's corrected words.
+        const lines = this.list.querySelectorAll(`li.caller:not(.live)[data-turn="${turnId}"]`);
+        const li = lines[lines.length - 1];
+        if (li) {
+          li.querySelector(".text").textContent = ev.turn_text;
+          li.classList.add("revised");
+          li.title = "revised: the server heard the whole turn again";
+        }
+        break;
+      }
+      case "transcript.partial":
+      case "transcript.final": {
         const entry = this.partials.get(turnId) || { finals: new Map(), partial: "" };
         if (ev.type === "transcript.partial") entry.partial = ev.text;
         else {

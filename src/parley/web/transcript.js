@@ -65,6 +65,27 @@ export class TranscriptView {
     span.textContent = `${text} `;
   }
 
+  // A revised final: the server heard the whole turn again and changed this segment's
+  // words. Shown in place, marked, with the words first heard on hover.
+  revised(turnId, segmentId, text, previousText) {
+    const li = this.#item(this.userItems, turnId, "user");
+    const span = this.#segment(li, segmentId);
+    span.className = "final revised";
+    span.textContent = `${text} `;
+    span.title = previousText ? `revised — first heard as “${previousText}”` : "revised";
+    this.#markRevised(li);
+  }
+
+  #markRevised(li) {
+    li.classList.add("revised");
+    if (li.querySelector(".revised-badge")) return;
+    const badge = document.createElement("span");
+    badge.className = "revised-badge";
+    badge.textContent = "revised";
+    badge.title = "the server heard the whole turn again and corrected its words";
+    li.querySelector(".who").after(badge);
+  }
+
   ended(turnId) {
     // The turn's words are its finals: partials left in its row are stale (a turn the
     // server dropped for having no words gives its number to the next one).
@@ -144,6 +165,11 @@ export class TranscriptView {
     }
     for (const e of timeline.events || []) {
       if (e.stage === "human.said" && e.data && e.data.text) this.humanText(e.turn ?? this.lastTurn, e.data.text);
+    }
+    // The stored user text of a revised turn is already the revision: mark it so.
+    for (const s of timeline.segments || []) {
+      const li = s.kind === "revised" ? this.userItems.get(s.turn) : null;
+      if (li) this.#markRevised(li);
     }
   }
 }
