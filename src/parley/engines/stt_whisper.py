@@ -8,10 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
+from parley.audio.pcm import SAMPLE_RATE
 from parley.config import STTSettings
+from parley.engine_settings import provider_name
 from parley.engines import device
 from parley.engines.base import EngineError, Transcript
 from parley.engines.lanes import InferenceLane
+from parley.telemetry.usage import Usage, report_usage
 
 # Whisper writes non-speech as "[BLANK_AUDIO]", "(coughs)", "*sigh*", "♪": not words.
 _NON_SPEECH = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫]")
@@ -73,6 +76,8 @@ class WhisperSTT:
         )
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
         self._lane = InferenceLane("stt", 1, timeout=STT_TIMEOUT_SECS)
+        self._name = provider_name(settings)
+        self._model = Path(path).name
 
     @property
     def busy(self) -> bool:
@@ -123,6 +128,8 @@ class WhisperSTT:
         except Exception as exc:  # the model's own errors become one engine error type
             raise EngineError(f"transcription failed: {exc}") from exc
         elapsed = (time.perf_counter() - start) * 1000
+        seconds = audio.size / SAMPLE_RATE
+        report_usage(Usage("stt", self._name, self._model, embedded=True, seconds=seconds))
         return Transcript(text=text, duration_ms=elapsed, avg_logprob=score)
 
     def close(self) -> None:

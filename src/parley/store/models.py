@@ -51,6 +51,9 @@ class SessionRecord(Base):
     consent: Mapped[dict[str, Any]] = mapped_column(default=dict)
     call_sid: Mapped[str | None] = mapped_column(String(64), index=True)
     """The phone call behind the session (Twilio's CallSid), if it is one."""
+    cost: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """What the session's provider calls used and cost, over all its connections (a
+    ``parley.telemetry.costs.CostSummary``); None before the first call."""
 
 
 class Turn(Base):

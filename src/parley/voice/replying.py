@@ -53,7 +53,9 @@ class Replying(SessionCore):
             earlier = [(m.role, m.content) for m in self.history.messages][-window:]
             decide = functools.partial(self.actions.decide, earlier, asked)
         self._reply = reply
-        reply.task = self._spawn(self._run_reply(reply, prompt, script, decide), name="reply")
+        reply.task = self._spawn(
+            self._run_reply(reply, prompt, script, decide), name="reply", turn_id=turn_id
+        )
         return reply
 
     async def _run_reply(
