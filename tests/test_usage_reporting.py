@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
 
+import httpx
 import numpy as np
 import pytest
 
@@ -22,6 +25,7 @@ from parley.engines.chains import build_llm
 from parley.engines.llm_openai import OpenAICompatibleLLM
 from parley.engines.stt_openai import OpenAICompatibleSTT
 from parley.engines.tts_openai import OpenAICompatibleTTS
+from parley.server import create_app
 from parley.telemetry.usage import Usage, listening_for_usage, report_usage
 from parley.testing import EngineAppServer, free_port, serve_engine_app
 
@@ -202,3 +206,52 @@ async def test_in_a_chain_the_provider_that_served_is_counted(provider: EngineAp
     # Named as the chain names it (its metrics, failovers and the price table).
     assert usage.provider == f"openai@{host}" and usage.model == "m2"
     assert usage.output_tokens == 3
+
+
+# -- the orchestration endpoint -------------------------------------------------------
+
+
+async def test_an_http_turn_costs_once_on_its_record_and_its_sessions(tmp_path: Path) -> None:
+    envelope = '{"spoken_text": "It is noon.", "escalate": false}'
+    script = ProviderScript([envelope])  # no usage in its answers: counts are estimated
+    with fake_provider(script) as url:
+        settings = Settings(
+            server={"database_url": f"sqlite:///{tmp_path / 'turns.db'}"},
+            llm={"provider": "openai", "base_url": url, "model": "tiny", "name": "scripted"},
+            costs={
+                "prices": [
+                    {
+                        "provider": "scripted",
+                        "llm_input_per_million_tokens": 1e6,
+                        "llm_output_per_million_tokens": 2e6,
+                    }
+                ]
+            },
+        )
+        remote = OpenAICompatibleLLM(settings.llm)
+        app = create_app(settings, engines=SimpleNamespace(llm=remote))  # type: ignore[arg-type]
+        try:
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://p") as http:
+                    created = (await http.post("/v1/sessions", json={})).json()
+                    sid, token = created["session_id"], created["token"]
+                    for _ in range(2):  # the second is a replay of the first: no new call
+                        answer = await http.post(
+                            f"/v1/sessions/{sid}/turns",
+                            json={"text": "What time is it?", "idempotency_key": "k-1"},
+                            headers={"Authorization": f"Bearer {token}"},
+                        )
+                        assert answer.status_code == 200, answer.text
+                    store = app.state.store
+                    (turn,) = await store.turns(sid)
+                    session = await store.get_session(sid)
+        finally:
+            await remote.aclose()
+    assert len(script.requests) == 1 and answer.json()["replayed"] is True
+    cost = turn.result["cost"]
+    (item,) = cost["items"]
+    assert (item["provider"], item["model"], item["requests"]) == ("scripted", "tiny", 1)
+    assert item["estimated"] is True and item["output_tokens"] == -(-len(envelope) // 4)
+    assert item["cost"] == item["input_tokens"] * 1.0 + item["output_tokens"] * 2.0
+    assert session is not None and session.cost == cost  # counted once
