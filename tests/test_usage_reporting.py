@@ -3,7 +3,8 @@ the provider's token counts (``stream_options.include_usage``, or a whole reply'
 ``usage``) and estimates them only when none came; the STT client counts the audio it
 sent, the TTS client the text; a failed request, a breaker's probe use nothing; in a
 fallback chain the provider that served is the one counted. The engine server answers
-with the counts its engine reported."""
+with the counts its engine reported. A turn of the orchestration endpoint stores its
+cost, and adds it to its session's, once."""
 
 from __future__ import annotations
 

@@ -73,8 +73,8 @@ class OpenAICompatibleLLM:
                         return
                     chunk = json.loads(data)
                     counted = _usage(chunk) or counted
-                    if counted is not None and chunk.get("choices") == []:
-                        continue  # the usage chunk
+                    if chunk.get("choices") == []:
+                        continue  # the usage chunk (or a provider's note, no text)
                     choice = _choice(chunk)
                     finished = finished or bool(choice.get("finish_reason"))
                     delta = choice.get("delta") or {}

@@ -97,14 +97,14 @@ class Store(TurnStore):
         """Add a cost summary to the session's and, with ``turn_id``, to that turn's
         (calls that ended after the turn's record was written): one transaction."""
         async with self.db.session() as s:
+            if turn_id is not None:
+                # The turn's row before the session's, as a transition locks them.
+                turn = await s.get(Turn, turn_id, with_for_update=True, populate_existing=True)
+                if turn is not None:
+                    result = dict(turn.result or {})
+                    result["cost"] = merged(result.get("cost"), cost)
+                    turn.result = result
             await self._add_session_cost(s, session_id, cost)
-            if turn_id is None:
-                return
-            turn = await s.get(Turn, turn_id, with_for_update=True, populate_existing=True)
-            if turn is not None:
-                result = dict(turn.result or {})
-                result["cost"] = merged(result.get("cost"), cost)
-                turn.result = result
 
     async def conversation(
         self, session_id: str, *, before_seq: int | None = None
