@@ -139,6 +139,21 @@ def inspect_the_conversation(page, server, session_id: str) -> None:
     fact = r"end of turn: audio (\d\.\d\d|not asked), words \d\.\d\d, waited \d+ ms"
     assert re.match(fact, eou), eou
     assert page.locator("#session-events li[data-stage='transport.connected']").count() >= 1
+    # What the turn's calls used and cost: the embedded models, free by default.
+    assert turn.locator(".cost .cost-total").inner_text() == "cost: 0.000000 USD"
+    used = {
+        li.get_attribute("data-stage"): li.inner_text()
+        for li in turn.locator(".cost-items li").all()
+    }
+    assert re.match(
+        r"stt whisper/tiny\.en: \d+ calls?, \d+\.\d s of audio — 0\.000000 USD", used["stt"]
+    )
+    assert re.match(
+        r"llm llama/\S+: \d+ calls?, \d+ tokens in, \d+ out — 0\.000000 USD", used["llm"]
+    )
+    assert re.match(r"tts piper/en_US-joe-medium: \d+ calls?, \d+ characters", used["tts"])
+    session_cost = page.locator("#session-cost .cost-total").inner_text()
+    assert session_cost == "session cost: 0.000000 USD", session_cost
     page.screenshot(path=str(ARTIFACTS / "inspector-waterfall.png"), full_page=True)
 
 

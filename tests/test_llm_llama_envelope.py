@@ -10,6 +10,7 @@ from parley.config import LLMSettings
 from parley.engines import ChatMessage
 from parley.engines.lanes import InferenceLane
 from parley.engines.llm_llama import LlamaLLM
+from parley.telemetry.usage import Usage, listening_for_usage
 
 
 class FakeLlama:
@@ -21,7 +22,10 @@ class FakeLlama:
     def create_chat_completion(self, **request: Any) -> dict[str, Any]:
         self.requests.append(request)
         content = '{"spoken_text": "Booked", "tool_calls": [{"name": "book_table", "argu'
-        return {"choices": [{"message": {"content": content}, "finish_reason": "length"}]}
+        return {
+            "choices": [{"message": {"content": content}, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 300, "total_tokens": 340},
+        }
 
 
 async def test_the_envelope_budget_and_finish_reason_of_the_embedded_model():
@@ -30,10 +34,17 @@ async def test_the_envelope_budget_and_finish_reason_of_the_embedded_model():
     llm._llm = fake  # type: ignore[assignment]
     llm._settings = LLMSettings(max_tokens=60, envelope_max_tokens=300)
     llm._lane = InferenceLane("llm-test", 1)
+    llm._name, llm._model = "llama", "fake"
+    used: list[Usage] = []
     try:
-        reply = await llm.complete_json([ChatMessage("user", "Book a table")], {})
+        with listening_for_usage(used.append):
+            reply = await llm.complete_json([ChatMessage("user", "Book a table")], {})
     finally:
         llm.close()
     (request,) = fake.requests
     assert request["max_tokens"] == 300
     assert reply.text.endswith('"argu') and reply.finish_reason == "length" and reply.cut_off
+    # llama.cpp's own counts, for the cost record (an embedded model's: free by default).
+    assert used == [
+        Usage("llm", "llama", "fake", embedded=True, input_tokens=40, output_tokens=300)
+    ]

@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from parley.cost_settings import CostSettings, PriceSettings
 from parley.engine_settings import (
     BreakerSettings,
     Device,
@@ -33,9 +34,11 @@ from parley.engine_settings import (
 
 __all__ = [
     "BreakerSettings",
+    "CostSettings",
     "Device",
     "LLMProviderSettings",
     "LLMSettings",
+    "PriceSettings",
     "STTProviderSettings",
     "STTSettings",
     "Settings",
@@ -437,6 +440,8 @@ class Settings(BaseSettings):
     telephony: TelephonySettings = TelephonySettings()
     handoff: HandoffSettings = HandoffSettings()
     fleet: FleetSettings = FleetSettings()
+    costs: CostSettings = CostSettings()
+    """The price table: what each provider and model costs (docs/costs.md)."""
     tools: list[WebhookToolSettings] = Field(default_factory=list)
     """Webhook tools (``[[tools]]`` tables in the agent file)."""
     log_level: str = "INFO"

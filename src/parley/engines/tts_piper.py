@@ -15,9 +15,11 @@ import numpy as np
 
 from parley.audio import trim_leading_silence
 from parley.config import TTSSettings
+from parley.engine_settings import provider_name
 from parley.engines import device
 from parley.engines.base import EngineError
 from parley.telemetry import get_logger
+from parley.telemetry.usage import Usage, report_usage
 
 log = get_logger(__name__)
 
@@ -87,6 +89,8 @@ class PiperTTS:
     def __init__(self, settings: TTSSettings) -> None:
         self._settings = settings
         self._voice = str(settings.voice_path or default_voice_path())
+        self._name = provider_name(settings)
+        self._model = Path(self._voice).stem
         self._cuda = (
             device.resolve(settings.device, device.cuda_available_for_onnxruntime()) == "cuda"
         )
@@ -257,6 +261,7 @@ class PiperTTS:
         finished = False
         try:
             await worker.send(text, self._settings.length_scale)
+            report_usage(Usage("tts", self._name, self._model, embedded=True, characters=len(text)))
             while True:
                 payload = await worker.read_frame()
                 if payload == _END:

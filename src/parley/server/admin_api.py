@@ -53,6 +53,7 @@ async def recent_sessions(
                 "turn_state": s.turn_state,
                 "status": s.reconnect_status,
                 "reconnects": s.reconnect_count,
+                "cost": s.cost,
             }
             for s in await store.recent_sessions(limit)
         ]

@@ -182,6 +182,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
         )
     app.state.settings = settings
+    app.state.prices = settings.costs.table()
     app.state.sessions = {}
     app.state.webrtc_peers = {}
     app.state.listen_peers = {}

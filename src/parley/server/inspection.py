@@ -1,7 +1,7 @@
 """The session inspector: each turn of a stored session as a waterfall of its stages.
 
-Built only from the stored record (turns, transitions, timeline events; never audio):
-``turn.metrics`` carries each step's time relative to the user's last speech, which is
+Built only from the stored record (turns, transitions, timeline events, costs; never
+audio): ``turn.metrics`` carries each step's time relative to the user's last speech, which is
 the waterfall's zero — "the caller stopped talking" — so the speech itself runs at
 negative times and everything the agent did after it at positive ones. The same model
 feeds the page (``/inspect``, ``/inspect/{session_id}``), ``GET
@@ -99,6 +99,8 @@ def turn_waterfall(turn: dict[str, Any], events: list[dict[str, Any]]) -> dict[s
             for e in events
             if e["stage"] == "provider.failover"
         ],
+        # What the turn's provider calls used and cost (None: it made none).
+        "cost": (turn.get("result") or {}).get("cost"),
         "interrupted": data.get("turn.interrupted"),
         "overlaps_ignored": [e["data"] for e in events if e["stage"] == "overlap.ignored"],
         # The turn heard again after its reply (stt.revise): how that went.
@@ -127,6 +129,7 @@ def inspection(record: dict[str, Any]) -> dict[str, Any]:
         "turns": turns,
         "session_events": session_events,
         "memory": record.get("memory") or {"summary": "", "covered": 0, "state": {}},
+        "cost": record.get("cost"),
     }
 
 

@@ -41,7 +41,7 @@ def build_metrics(
     engines: Engines | None, settings: Settings, orchestrator: Orchestrator | None = None
 ) -> VoiceMetrics:
     """The app's metrics, with gauges read from ``engines`` at each scrape."""
-    metrics = VoiceMetrics(engine_names(settings))
+    metrics = VoiceMetrics(engine_names(settings), settings.costs.currency)
 
     def view(lane: InferenceLane) -> LaneView:
         return LaneView(lane.name, lambda: lane.pending, lambda: lane.running, lane.concurrency)

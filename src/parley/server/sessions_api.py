@@ -110,6 +110,9 @@ class SessionOut(BaseModel):
     reconnect_status: str
     reconnect_count: int
     consent: dict[str, Any]
+    cost: dict[str, Any] | None = None
+    """What the session's provider calls used and cost, over all its connections
+    (docs/costs.md); null before its first call."""
 
 
 def _token_out(
@@ -271,7 +274,27 @@ async def get_session(
 ) -> SessionOut:
     caller = authorize(request, session_id, authorization)
     record = await require_session(request, session_id, caller)
-    return SessionOut.model_validate(record, from_attributes=True)
+    out = SessionOut.model_validate(record, from_attributes=True)
+    if not sees_costs(caller):
+        out.cost = None
+    return out
+
+
+def sees_costs(caller: SessionToken) -> bool:
+    """Costs are the operator's (providers, models, prices): a caller's own token does
+    not show them; an agent's, a supervisor's and an admin's do."""
+    return caller.role != "user"
+
+
+def without_costs(record: dict[str, Any]) -> dict[str, Any]:
+    """A session's record (``session_record``) without its costs."""
+    turns = [
+        {**t, "result": {k: v for k, v in t["result"].items() if k != "cost"}}
+        if isinstance(t.get("result"), dict)
+        else t
+        for t in record["turns"]
+    ]
+    return {**record, "turns": turns, "cost": None}
 
 
 @router.post(
@@ -349,13 +372,16 @@ async def session_timeline(
     transcript segments and timeline events (no audio)."""
     caller = authorize(request, session_id, authorization, admin=True)
     await require_session(request, session_id, caller)
-    return await session_record(request.app.state.store, session_id)
+    record = await session_record(request.app.state.store, session_id)
+    return record if sees_costs(caller) else without_costs(record)
 
 
 async def session_record(store: Store, session_id: str) -> dict[str, Any]:
     """A session's stored record: turns with their transitions, segments, timeline, and
-    the conversation's memory (the summary of older turns, the settled state)."""
+    the conversation's memory (the summary of older turns, the settled state) and the
+    session's cost."""
     session = await store.get_session(session_id)
+    cost = session.cost if session is not None else None
     turns = []
     for turn in await store.turns(session_id):
         transitions = await store.transitions(turn.id)
@@ -395,4 +421,5 @@ async def session_record(store: Store, session_id: str) -> dict[str, Any]:
             "covered": (session.memory or {}).get("covered", 0) if session else 0,
             "state": session.orchestration_state if session else {},
         },
+        "cost": cost,
     }

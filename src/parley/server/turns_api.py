@@ -19,6 +19,8 @@ from parley.server.sessions_api import AUTH_RESPONSES, authorize, require_sessio
 from parley.store import Lease, LeaseLost, Store, TurnState
 from parley.store.models import Turn
 from parley.telemetry import get_logger
+from parley.telemetry.costs import CostSummary
+from parley.telemetry.usage import Usage, listening_for_usage
 from parley.voice.memory import ConversationMemory
 
 log = get_logger(__name__)
@@ -135,6 +137,7 @@ async def _process(
     try:
         checkpoint = turn.result or {}
         error: str | None = None
+        cost = checkpoint.get("cost")
         if "envelope" in checkpoint:  # the model answered before a crash: do not ask again
             envelope = ActionEnvelope.model_validate(checkpoint["envelope"])
         else:
@@ -144,22 +147,25 @@ async def _process(
                 None if record is None else record.memory,
                 None if record is None else record.orchestration_state,
             )
+            calls: list[Usage] = []
             try:
-                envelope = await orchestrator.respond(
-                    history, body.text, memory.system_prompt("").strip()
-                )
+                with listening_for_usage(calls.append):
+                    envelope = await orchestrator.respond(
+                        history, body.text, memory.system_prompt("").strip()
+                    )
             except OrchestrationError as exc:
                 # The user hears a short apology, never the malformed output.
                 envelope, error = FALLBACK, str(exc)
+            cost = _priced(request, calls)
             if error is None:
-                await store.checkpoint(turn.id, _result(envelope, []), lease=lease)
+                await store.checkpoint(turn.id, _result(envelope, [], cost), lease=lease)
         results: list[ToolResult] = []
         for call in envelope.tool_calls:  # in order: a later call may depend on an earlier
             done = await ledger.run(turn.id, call, recovering=recovering, lease=lease)
             results.append(
                 ToolResult(call_id=call.id, tool=call.name, status=done.status, result=done.result)
             )
-        outcome = _result(envelope, results)
+        outcome = _result(envelope, results, cost)
         state = TurnState.COMPLETED
         if error is not None:
             state, outcome["error"] = TurnState.FAILED, error
@@ -167,7 +173,9 @@ async def _process(
             # Before the turn completes: a retry after a crash here merges them again,
             # to the same state.
             await store.update_state(turn.session_id, envelope.state_updates)
-        await store.transition(turn.id, state, result=outcome, lease=lease)
+        # The turn's cost joins the session's with its final state: once, even when a
+        # takeover resumed it from the checkpoint.
+        await store.transition(turn.id, state, result=outcome, lease=lease, session_cost=cost)
     except LeaseLost:
         raise  # not ours to free any more
     except BaseException:
@@ -246,12 +254,30 @@ async def _keep_lease(store: Store, lease: Lease, lease_secs: float, valid_until
         valid_until, delay = asked + lease_secs, lease_secs / 3
 
 
-def _result(envelope: ActionEnvelope, tools: list[ToolResult]) -> dict[str, Any]:
-    return {
+def _result(
+    envelope: ActionEnvelope, tools: list[ToolResult], cost: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    out = {
         "envelope": envelope.model_dump(),
         "spoken": envelope.spoken_text,
         "tool_results": [t.model_dump() for t in tools],
     }
+    if cost is not None:
+        out["cost"] = cost
+    return out
+
+
+def _priced(request: Request, calls: list[Usage]) -> dict[str, Any] | None:
+    """The turn's calls priced (None if it made none), each counted in the metrics."""
+    if not calls:
+        return None
+    prices = request.app.state.prices
+    priced = [prices.price(u) for u in calls]
+    telemetry = request.app.state.telemetry
+    if telemetry.enabled:
+        for call in priced:
+            telemetry.metrics.usage.count(call)
+    return CostSummary.of(priced, prices.currency).to_json()
 
 
 def _stored_response(turn: Turn) -> TurnResponse:

@@ -55,6 +55,9 @@ class SessionRecord(Base):
     memory: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     """The summary of the turns that left the prompt's window (``voice/memory.py``),
     restored with the conversation on a reconnect."""
+    cost: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """What the session's provider calls used and cost, over all its connections (a
+    ``parley.telemetry.costs.CostSummary``); None before the first call."""
 
 
 class Turn(Base):

@@ -21,6 +21,7 @@ from parley.store.models import (
     utcnow,
 )
 from parley.store.turns import NotFound, TurnStore
+from parley.telemetry.costs import merged
 
 __all__ = ["Claim", "Lease", "NotFound", "Store", "merge_state", "owner_id"]
 
@@ -96,6 +97,21 @@ class Store(TurnStore):
             record = await s.get(SessionRecord, session_id)
             if record is not None and record.ended_at is None:
                 record.ended_at = utcnow()
+
+    async def add_cost(
+        self, session_id: str, cost: dict[str, Any], *, turn_id: int | None = None
+    ) -> None:
+        """Add a cost summary to the session's and, with ``turn_id``, to that turn's
+        (calls that ended after the turn's record was written): one transaction."""
+        async with self.db.session() as s:
+            if turn_id is not None:
+                # The turn's row before the session's, as a transition locks them.
+                turn = await s.get(Turn, turn_id, with_for_update=True, populate_existing=True)
+                if turn is not None:
+                    result = dict(turn.result or {})
+                    result["cost"] = merged(result.get("cost"), cost)
+                    turn.result = result
+            await self._add_session_cost(s, session_id, cost)
 
     async def conversation(
         self, session_id: str, *, before_seq: int | None = None

@@ -14,6 +14,7 @@ from parley.store.leases import Claim, Lease, owner_id
 from parley.store.models import SessionRecord, ToolExecution, Turn, TurnTransition, utcnow
 from parley.store.turn_states import LeaseLost, TurnState, TurnTransitionLost, check_transition
 from parley.telemetry import get_logger
+from parley.telemetry.costs import merged
 
 log = get_logger(__name__)
 
@@ -127,9 +128,11 @@ class TurnStore:
         result: dict[str, Any] | None = None,
         detail: str | None = None,
         lease: Lease | None = None,
+        session_cost: dict[str, Any] | None = None,
     ) -> Turn:
         """Move a turn to ``new_state`` (checked against the state machine), persisting the
-        transition and its time.
+        transition and its time; ``session_cost`` (a cost summary) is added to the
+        session's in the same transaction, so a turn's cost counts once.
 
         The write is conditional on the state read (and, with ``lease``, on the claim
         still being the owner's): if another writer moved the turn first this raises
@@ -178,6 +181,8 @@ class TurnStore:
                     detail=detail,
                 )
             )
+            if session_cost:
+                await self._add_session_cost(s, turn.session_id, session_cost)
             await self._set_session_turn_state(s, turn.session_id, new_state.value)
         return turn
 
@@ -332,6 +337,15 @@ class TurnStore:
         record = await s.get(SessionRecord, session_id)
         if record is not None:
             record.turn_state = state
+
+    async def _add_session_cost(self, s: Any, session_id: str, cost: dict[str, Any]) -> None:
+        """Within ``s``: add a cost summary to the session's (read and written under the
+        row's lock: a reconnect's writes never lose another connection's)."""
+        record = await s.get(
+            SessionRecord, session_id, with_for_update=True, populate_existing=True
+        )
+        if record is not None:
+            record.cost = merged(record.cost, cost)
 
     # ---- tool ledger ------------------------------------------------------------------------
 

@@ -21,6 +21,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from parley.telemetry.cost_metrics import UsageMetrics
+from parley.telemetry.costs import CallCost
+
 # Voice timings run from tens of milliseconds (VAD, a probe) to seconds (a slow LLM).
 VOICE_BUCKETS = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.25, 1.5, 2, 3, 5, 10)
 TURN_BUCKETS = (0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120)
@@ -45,10 +48,11 @@ class EngineNames:
 class VoiceMetrics:
     """Every metric family of a Parley process, in its own registry."""
 
-    def __init__(self, engines: EngineNames | None = None) -> None:
+    def __init__(self, engines: EngineNames | None = None, currency: str = "USD") -> None:
         self.engines = engines or EngineNames()
         self.registry = CollectorRegistry()
         r = self.registry
+        self.usage = UsageMetrics(r, currency)
 
         def hist(name: str, doc: str, labels: Iterable[str], buckets: Any = VOICE_BUCKETS) -> Any:
             return Histogram(name, doc, list(labels), registry=r, buckets=buckets)
@@ -272,6 +276,10 @@ class MetricsObserver:
         self._first_partial_seen.discard(turn_id)
         if started is not None:
             m.turn_duration.labels(t, state).observe(self.clock() - started)
+
+    def usage(self, call: CallCost) -> None:
+        """A provider call the session made, priced (``telemetry/cost_metrics.py``)."""
+        self.metrics.usage.count(call)
 
     def timeline(self, stage: str, turn_id: int | None, data: dict[str, Any]) -> None:
         """A timeline event the session stores."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from parley.telemetry.costs import CallCost
 from parley.telemetry.logs import get_logger
 from parley.telemetry.metrics import VoiceMetrics
 from parley.telemetry.tracing import TurnTracer
@@ -25,6 +26,8 @@ class SessionObserver(Protocol):
     def turn_finished(self, turn_id: int, state: str) -> None: ...
 
     def timeline(self, stage: str, turn_id: int | None, data: dict[str, Any]) -> None: ...
+
+    def usage(self, call: CallCost) -> None: ...
 
 
 class ObserverGroup:
@@ -60,6 +63,9 @@ class ObserverGroup:
 
     def timeline(self, stage: str, turn_id: int | None, data: dict[str, Any]) -> None:
         self._each("timeline", stage, turn_id, data)
+
+    def usage(self, call: CallCost) -> None:
+        self._each("usage", call)
 
 
 class Telemetry:

@@ -27,6 +27,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 
+from parley.telemetry.costs import CallCost
 from parley.telemetry.trace_ids import turn_trace_ids
 
 STAGES: tuple[tuple[str, str, str], ...] = (
@@ -241,6 +242,9 @@ class TraceObserver:
         turn.state = state
         turn.end_ns = max(self.clock_ns(), turn.start_ns)
         self.tracer.record_turn(turn)
+
+    def usage(self, call: CallCost) -> None:
+        """Costs are on the turn's record and in the metrics, not in its spans."""
 
     def timeline(self, stage: str, turn_id: int | None, data: dict[str, Any]) -> None:
         if stage != "tool.result":

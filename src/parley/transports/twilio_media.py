@@ -24,6 +24,10 @@ person goes through Twilio's REST API (``twilio_call_control.py``); a hang-up th
 cannot do closes the stream from here (``session_ended``). A phone call never resumes:
 however the stream ends (but a takeover or a server shutdown), its session ends and its
 tokens with it.
+
+The stream's duration, from its ``start`` to its end, is the call's telephony usage
+(provider ``twilio``, model ``inbound``: the leg Twilio connected to Parley), priced by
+the table's ``telephony_per_minute`` like any other call (docs/costs.md).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from parley.telemetry import get_logger
+from parley.telemetry.usage import Usage
 from parley.transports.admission import Admission, ServerFull
 from parley.transports.control import apply_control
 from parley.transports.session_limits import refusal
@@ -65,6 +70,8 @@ log = get_logger(__name__)
 
 router = APIRouter()
 
+TELEPHONY_PROVIDER = "twilio"
+CALL_LEG = "inbound"
 START_TIMEOUT_SECS = 10.0
 """Twilio sends ``connected`` and ``start`` as soon as the call is connected."""
 MAX_BAD_MESSAGES = 50
@@ -179,6 +186,7 @@ async def twilio_media(websocket: WebSocket) -> None:
     session_id = await _authorize(websocket, start)
     if session_id is None:
         return
+    streaming_since = asyncio.get_running_loop().time()
     outbound = TwilioOutbound(app.state.settings.server.max_outbound_queue)
     hung_up = asyncio.Event()
     agent_ended = asyncio.Event()  # the agent ended the call, and Twilio could not
@@ -215,6 +223,8 @@ async def twilio_media(websocket: WebSocket) -> None:
         control.stop()
         if receiver is not None:
             receiver.cancel()
+        secs = asyncio.get_running_loop().time() - streaming_since
+        live.session.count_usage(Usage("telephony", TELEPHONY_PROVIDER, CALL_LEG, seconds=secs))
         await live.close(reason, ends_session=reason not in RESUMABLE)
         control.close()  # after the session's close, which lets a transfer record its answer
         sender.cancel()

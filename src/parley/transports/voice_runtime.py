@@ -355,7 +355,7 @@ async def _new_session(
         transport, session_id, store.stored_text if in_telemetry else None
     )
     observed = ObservedSink(sink, observer)
-    recorder = SessionRecorder(store, session_id, observer=observer)
+    recorder = SessionRecorder(store, session_id, observer=observer, prices=app.state.prices)
     session = VoiceSession(
         app.state.engines,
         app.state.settings,

@@ -66,7 +66,7 @@ class BargeIn(SessionCore):
             and speech_secs - seg.last_check_secs >= cfg.check_interval
         ):
             seg.last_check_secs = speech_secs
-            seg.check = self._spawn(self._check_barge_in(seg))
+            seg.check = self._spawn(self._check_barge_in(seg), turn_id=self._talked_over())
 
     def _overlap_stopped(self, seg: Segment, speech_secs: float) -> None:
         seg.speech_secs = seg.carried_secs + speech_secs
@@ -76,9 +76,13 @@ class BargeIn(SessionCore):
         # Shorter speech never interrupts: on a hum or a click of a few hundred ms Whisper
         # invents words ("Hey, Cap.", "Take it.").
         if cfg.enabled and seg.speech_secs >= cfg.min_duration:
-            seg.check = self._spawn(self._check_barge_in(seg))
+            seg.check = self._spawn(self._check_barge_in(seg), turn_id=self._talked_over())
         else:
             self._overlap_settled(seg, Overlap.NOTHING, "", short=cfg.enabled)
+
+    def _talked_over(self) -> int | None:
+        """The turn whose reply speech overlaps: a barge-in check's calls are its."""
+        return self._reply.turn_id if self._reply is not None else None
 
     def _sounds_like_echo(self, seg: Segment) -> bool:
         reply = self._reply

@@ -110,7 +110,7 @@ class Listening(SessionCore):
             if self._reply is not None and not self._reply.confirmed:
                 self._discard_reply(self._reply)
         elif silence >= self.settings.vad.early_final_secs and seg.early is None and self._turn:
-            seg.early = self._spawn(self._early_final(self._turn, seg))
+            seg.early = self._spawn(self._early_final(self._turn, seg), turn_id=self._turn.turn_id)
             return
         cfg_stt = self.settings.stt
         if (
@@ -120,7 +120,7 @@ class Listening(SessionCore):
             and not self.engines.stt.busy
         ):
             seg.last_partial_secs = speech
-            self._spawn(self._partial(seg))
+            self._spawn(self._partial(seg), turn_id=self._current_turn_id())
 
     def _on_speech_stopped(self, last_speech_at: float) -> None:
         self.last_activity = self._now()  # idle time counts from the end of speech
@@ -144,7 +144,7 @@ class Listening(SessionCore):
         turn.last_speech_at = last_speech_at
         turn.marks["vad_stopped"] = self._now()  # when the VAD declared the silence
         self._keep_for_revision(turn, seg)
-        final = self._spawn(self._finalize(turn, seg))
+        final = self._spawn(self._finalize(turn, seg), turn_id=turn.turn_id)
         turn.finals.add(final)
         if self._endpoint is not None:
             # One endpointing decision per turn: the newest segment's replaces the last.

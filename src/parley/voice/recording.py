@@ -1,5 +1,6 @@
 """What a VoiceSession records in the store: its turns (with every state transition),
-final transcript segments and timeline events. Never audio, never partials.
+final transcript segments, timeline events and what its provider calls cost (per turn
+and for the session: ``voice/costing.py``). Never audio, never partials.
 
 Writes go through a queue drained by one task per session, so the audio path never
 waits on the database and the writes of a session keep their order.
@@ -15,6 +16,9 @@ from typing import Any, Protocol
 
 from parley.store import Store, TurnState
 from parley.telemetry import get_logger
+from parley.telemetry.costs import CallCost, PriceTable
+from parley.telemetry.usage import Usage
+from parley.voice.costing import CostBook
 
 log = get_logger(__name__)
 
@@ -28,14 +32,22 @@ class RecordObserver(Protocol):
 
     def timeline(self, stage: str, turn_id: int | None, data: dict[str, Any]) -> None: ...
 
+    def usage(self, call: CallCost) -> None: ...
+
 
 class SessionRecorder:
     def __init__(
-        self, store: Store, session_id: str, observer: RecordObserver | None = None
+        self,
+        store: Store,
+        session_id: str,
+        observer: RecordObserver | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self._store = store
         self._session_id = session_id
         self._observer = observer
+        self._prices = prices or PriceTable()
+        self._costs = CostBook(self._prices.currency)
         # voice turn id -> the stored turn's id and number (set by the writes, once the
         # turn is stored as this turn: never an older turn's row)
         self._turns: dict[int, int] = {}
@@ -77,11 +89,36 @@ class SessionRecorder:
         self._open.discard(turn_id)
         if self._observer is not None:
             self._observer.turn_finished(turn_id, state.value)
+        cost, gained = self._costs.finish(turn_id)
+        if cost is not None:
+            result = {**result, "cost": cost.to_json()}
+        session_cost = None if gained is None else gained.to_json()
 
         async def write() -> None:
             stored = self._turns.get(turn_id)
             if stored is not None:
-                await self._store.transition(stored, state, result=result)
+                await self._store.transition(
+                    stored, state, result=result, session_cost=session_cost
+                )
+            elif session_cost is not None:  # the turn's row was never written
+                await self._store.add_cost(self._session_id, session_cost)
+
+        self._queue.put_nowait(write)
+
+    def usage(self, turn_id: int | None, usage: Usage) -> None:
+        """A provider call made for turn ``turn_id`` (None: for the session itself)."""
+        call = self._prices.price(usage)
+        if self._observer is not None:
+            self._observer.usage(call)
+        if not self._costs.is_late(turn_id):
+            self._costs.add(turn_id, call)
+            return
+        cost = self._costs.one(call).to_json()
+
+        async def write() -> None:
+            assert turn_id is not None
+            stored = self._turns.get(turn_id)
+            await self._store.add_cost(self._session_id, cost, turn_id=stored)
 
         self._queue.put_nowait(write)
 
@@ -151,6 +188,14 @@ class SessionRecorder:
         # Tracked by the callers' side: a turn whose start is still queued is closed too.
         for turn_id in list(self._open):
             self.turn_finished(turn_id, TurnState.CANCELLED, {"reason": "session closed"})
+        rest = self._costs.rest()
+        if rest is not None:
+            cost = rest.to_json()
+
+            async def write() -> None:
+                await self._store.add_cost(self._session_id, cost)
+
+            self._queue.put_nowait(write)
         self._queue.put_nowait(None)
         try:
             await asyncio.wait_for(asyncio.shield(self._worker), timeout)

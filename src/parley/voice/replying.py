@@ -58,7 +58,9 @@ class Replying(SessionCore):
             remembered = self.history.memory.system_prompt("").strip()
             decide = functools.partial(self.actions.decide, earlier, asked, remembered)
         self._reply = reply
-        reply.task = self._spawn(self._run_reply(reply, prompt, script, decide), name="reply")
+        reply.task = self._spawn(
+            self._run_reply(reply, prompt, script, decide), name="reply", turn_id=turn_id
+        )
         return reply
 
     async def _run_reply(

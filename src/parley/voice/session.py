@@ -19,6 +19,7 @@ from typing import Any
 from parley.engines.fallback import failover_listener
 from parley.store import TurnState
 from parley.telemetry import bind_session, get_logger
+from parley.telemetry.usage import usage_listener
 from parley.voice.acting import Acting
 from parley.voice.audio_rate import InboundAudioBudget
 from parley.voice.barge_in import BargeIn
@@ -98,6 +99,9 @@ class VoiceSession(
         # The engines are shared; a failover inside this session's work (every task is
         # spawned from here on, so it inherits this) is told to this session's timeline.
         failover_listener.set(self._on_failover)
+        # Likewise each provider call's usage (costs): the session's own here, a turn's
+        # in the tasks spawned for it (``_spawn(…, turn_id=)``).
+        usage_listener.set(self._usage_listener(None))
         self.sink.send_event(
             event(
                 "session.started",

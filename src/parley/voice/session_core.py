@@ -9,6 +9,7 @@ module type-checks on its own and the graph of calls between jobs is written dow
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from collections import deque
 from collections.abc import Coroutine
@@ -21,6 +22,7 @@ from parley.engines import Engines
 from parley.knowledge import AgentKnowledge
 from parley.orchestration.agent_actions import AgentActions
 from parley.telemetry import get_logger
+from parley.telemetry.usage import Usage, UsageListener, usage_listener
 from parley.voice.echo import EchoReference
 from parley.voice.events import AgentState, HandoffState, SessionSink, event
 from parley.voice.history import ConversationHistory
@@ -124,9 +126,29 @@ class SessionCore:
             # The code and stage only: a message may quote a provider's reply.
             self.recorder.event("error", turn_id, {"code": code, **extra})
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
-        """A task of this session: cancelled when it closes, and never failing unseen."""
-        task = asyncio.create_task(coro, name=name)
+    def count_usage(self, usage: Usage, turn_id: int | None = None) -> None:
+        """A provider call made for this session: for turn ``turn_id``, else for the
+        session itself (its cost goes on the record: ``voice/costing.py``)."""
+        if self.recorder is not None:
+            self.recorder.usage(turn_id, usage)
+
+    def _usage_listener(self, turn_id: int | None) -> UsageListener:
+        def listener(usage: Usage) -> None:
+            self.count_usage(usage, turn_id)
+
+        return listener
+
+    def _spawn(
+        self, coro: Coroutine[Any, Any, Any], name: str | None = None, *, turn_id: int | None = None
+    ) -> asyncio.Task[Any]:
+        """A task of this session: cancelled when it closes, and never failing unseen.
+        ``turn_id``: the turn it works for — the provider calls it (and the tasks it
+        starts) makes are that turn's; else they are the session's own."""
+        context = None
+        if turn_id is not None:
+            context = contextvars.copy_context()
+            context.run(usage_listener.set, self._usage_listener(turn_id))
+        task = asyncio.create_task(coro, name=name, context=context)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

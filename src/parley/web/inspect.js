@@ -26,6 +26,37 @@ async function tokenFrom(secret) {
   return minted.token;
 }
 
+// A cost summary (turn or session) as one line and a list of what each provider used.
+function usedText(item) {
+  const calls = `${item.requests} call${item.requests === 1 ? "" : "s"}`;
+  if (item.stage === "llm") return `${calls}, ${item.input_tokens} tokens in, ${item.output_tokens} out`;
+  if (item.stage === "tts") return `${calls}, ${item.characters} characters`;
+  if (item.stage === "telephony") return `${calls}, ${item.seconds.toFixed(1)} s of call`;
+  return `${calls}, ${item.seconds.toFixed(1)} s of audio`;
+}
+
+function money(amount, currency) {
+  return `${amount.toFixed(6)} ${currency}`;
+}
+
+function costBlock(cost, label) {
+  const block = element("div", { class: "cost" });
+  if (!cost) return block;
+  const unpriced = cost.items.filter((i) => i.cost === null);
+  // A missing price makes the total unknown: say so, never show a partial sum as the cost.
+  const total = cost.complete
+    ? `${label}: ${money(cost.total, cost.currency)}`
+    : `${label}: unknown — at least ${money(cost.total, cost.currency)}; no price for ${unpriced.map((i) => `${i.stage} ${i.provider}/${i.model}`).join(", ")}`;
+  block.append(element("p", { class: cost.complete ? "cost-total" : "cost-total unpriced" }, cost.estimated ? `${total} (some token counts estimated)` : total));
+  const list = element("ul", { class: "cost-items" });
+  for (const item of cost.items) {
+    const price = item.cost === null ? "no price" : money(item.cost, cost.currency);
+    list.append(element("li", { "data-stage": item.stage }, `${item.stage} ${item.provider}/${item.model}: ${usedText(item)} — ${price}`));
+  }
+  block.append(list);
+  return block;
+}
+
 function showSessions(list) {
   const body = $("#sessions tbody");
   body.replaceChildren();
@@ -34,8 +65,10 @@ function showSessions(list) {
     const link = element("a", { href: `/inspect/${encodeURIComponent(s.session_id)}` }, s.session_id);
     const cell = element("td");
     cell.append(link);
+    const cost = !s.cost ? "—" : s.cost.complete ? money(s.cost.total, s.cost.currency) : "unknown";
     row.append(cell, element("td", {}, s.started_at), element("td", {}, s.status),
-      element("td", {}, s.turn_state || "—"), element("td", {}, String(s.reconnects)));
+      element("td", {}, s.turn_state || "—"), element("td", {}, String(s.reconnects)),
+      element("td", { class: "cost" }, cost));
     body.append(row);
   }
   $("#sessions").hidden = false;
@@ -122,6 +155,7 @@ function drawTurn(turn, axis) {
     facts.append(element("span", { class: "revision", "data-outcome": rev.outcome }, text));
   }
   li.append(facts);
+  if (turn.cost) li.append(costBlock(turn.cost, "cost"));
   return li;
 }
 
@@ -149,6 +183,9 @@ function showSession(data) {
     events.append(element("li", { "data-stage": e.stage }, `${e.at} ${e.stage} ${detail}`));
   }
   showMemory(data.memory || {});
+  const sessionCost = $("#session-cost");
+  sessionCost.replaceChildren();
+  if (data.cost) sessionCost.append(costBlock(data.cost, "session cost"));
   const axis = scale(data.turns);
   $("#turns").replaceChildren(...data.turns.map((t) => drawTurn(t, axis)));
   $("#session").hidden = false;
