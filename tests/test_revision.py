@@ -154,6 +154,17 @@ async def test_a_watched_session_holds_background_work_back_until_unwatched() ->
     assert work.quiet()
 
 
+async def test_background_work_waits_while_more_than_one_session_is_live() -> None:
+    work = BackgroundWork(lambda: True, settle_secs=0.0)
+    first = work.watch(lambda: False)
+    assert work.quiet()  # one quiet session: its own revision may run
+    second = work.watch(lambda: False)
+    assert not work.quiet()  # two: either caller may speak during a job
+    second()
+    assert work.quiet()
+    first()
+
+
 async def test_an_inference_lane_in_use_holds_background_work_back() -> None:
     lane = InferenceLane("test-busy", 1)
     vad = InferenceLane("test-vad", 1, counts_as_load=False)
