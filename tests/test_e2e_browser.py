@@ -43,23 +43,30 @@ def microphone_file(tmp_path: Path, text: str, lead_secs: float = 4.0) -> Path:
     return path
 
 
+def chromium_args(wav: Path | None, *, grant_microphone: bool = True) -> list[str]:
+    """Chromium's flags for a page test: a fake microphone playing ``wav`` once (none:
+    silence), granted without asking unless ``grant_microphone`` is false."""
+    args = [
+        "--use-fake-device-for-media-stream",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    if grant_microphone:
+        args.append("--use-fake-ui-for-media-stream")
+    if wav is not None:
+        args.append(f"--use-file-for-fake-audio-capture={wav}%noloop")
+    return args
+
+
 @pytest.fixture
 def chromium(tmp_path) -> Iterator:
     """Launches Debian's chromium (never a downloaded one) with a fake microphone."""
     with sync_api.sync_playwright() as playwright:
 
         def launch(wav: Path | None, *, grant_microphone: bool = True):
-            args = [
-                "--use-fake-device-for-media-stream",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--autoplay-policy=no-user-gesture-required",
-            ]
-            if grant_microphone:
-                args.append("--use-fake-ui-for-media-stream")
-            if wav is not None:
-                args.append(f"--use-file-for-fake-audio-capture={wav}%noloop")
+            args = chromium_args(wav, grant_microphone=grant_microphone)
             browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
             launched.append(browser)
             return browser.new_page()

@@ -25,6 +25,7 @@ import pytest
 
 from parley.audio import write_wav
 from parley.testing import ServerProcess, caller_speech
+from test_e2e_browser import chromium_args
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -108,17 +109,7 @@ def browsers() -> Iterator:
 
         def launch(wav: Path):
             browser = playwright.chromium.launch(
-                executable_path=CHROMIUM,
-                headless=True,
-                args=[
-                    "--use-fake-device-for-media-stream",
-                    "--use-fake-ui-for-media-stream",
-                    f"--use-file-for-fake-audio-capture={wav}%noloop",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--no-first-run",
-                    "--autoplay-policy=no-user-gesture-required",
-                ],
+                executable_path=CHROMIUM, headless=True, args=chromium_args(wav)
             )
             launched.append(browser)
             page = browser.new_page()

@@ -25,7 +25,6 @@ import pytest
 
 from conftest import ADMIN_KEY, ARTIFACTS, ROOT, TOKEN_SECRET, silence
 from inprocess_server import SECRET, serve_app
-from parley.audio import write_wav
 from parley.client import CallClient
 from parley.config import Settings
 from parley.engines import Engines
@@ -195,34 +194,21 @@ def test_the_page_shows_the_revised_transcript(
     WebRTC) shows the turn's words as revised, in place and marked; so does the
     transcript it rebuilds from the server's record on a reconnect; the inspector says
     what was heard first and who revised it."""
-    from parley.testing import caller_speech
+    # Imported here: that module skips itself where chromium or Playwright is missing,
+    # which must not skip this file's other tests.
+    from test_e2e_browser import chromium_args, microphone_file, start_call
 
     sync_api = pytest.importorskip("playwright.sync_api")
-    speech = caller_speech(ASKED)
-    lead, tail = np.zeros(4 * 16_000, "<i2"), np.zeros(30 * 16_000, "<i2")
-    wav = tmp_path / "caller.wav"
-    write_wav(wav, np.concatenate([lead, speech, tail]))
+    wav = microphone_file(tmp_path, ASKED)
     errors: list[str] = []
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-                f"--use-file-for-fake-audio-capture={wav}%noloop",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--autoplay-policy=no-user-gesture-required",
-            ],
+            executable_path=CHROMIUM, headless=True, args=chromium_args(wav)
         )
         try:
             page = browser.new_page()
             page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(revising_server.http)
-            page.check("#consent-check")
-            page.click("#start")
+            start_call(page, revising_server.http)
             user = "#transcript li.user:not([data-turn='0'])"
             page.wait_for_selector(f"{user} .final", timeout=60_000)
             first_heard = page.inner_text(user)
