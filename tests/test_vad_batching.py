@@ -52,3 +52,44 @@ async def test_a_cancelled_caller_does_not_stall_the_others(vad: SileroVAD) -> N
     assert 0.0 <= await asyncio.wait_for(staying, 5) <= 1.0
     # And the next call after it still runs.
     assert 0.0 <= await asyncio.wait_for(vad.stream().probability(window), 5) <= 1.0
+
+
+def test_the_graph_runs_many_streams_in_one_call() -> None:
+    # Not the per-window fallback: the shipped model is the graph batched_model knows.
+    assert SileroVAD()._batched
+
+
+async def test_streams_in_one_call_get_what_the_untouched_model_gives(vad: SileroVAD) -> None:
+    """The batched graph against the model file as shipped, window by window: streams of
+    different lengths (some leave the batch early), speech and silence."""
+    import onnxruntime as ort
+
+    from parley.engines.vad_silero import CONTEXT, default_model_path
+
+    clips = [
+        _windows(caller_speech("What time do you open tomorrow")),
+        _windows(caller_speech("Cancel my booking please", voice="en-us+f3")),
+        _windows(caller_speech("Yes")),
+        [np.zeros(WINDOW, dtype=np.float32)] * 30,
+    ]
+    shipped = ort.InferenceSession(str(default_model_path()), providers=["CPUExecutionProvider"])
+
+    def reference(windows: list[np.ndarray]) -> list[float]:
+        h = np.zeros((1, 1, 128), dtype=np.float32)
+        c = np.zeros((1, 1, 128), dtype=np.float32)
+        context = np.zeros(CONTEXT, dtype=np.float32)
+        probs = []
+        for w in windows:
+            x = np.concatenate([context, w])
+            context = x[-CONTEXT:]
+            out, h, c = shipped.run(None, {"input": x[None, :], "h": h, "c": c})
+            probs.append(float(out.reshape(-1)[0]))
+        return probs
+
+    async def batched(windows: list[np.ndarray]) -> list[float]:
+        stream = vad.stream()
+        return [await stream.probability(w) for w in windows]
+
+    got = await asyncio.gather(*(batched(w) for w in clips))
+    for probs, windows in zip(got, clips, strict=True):
+        np.testing.assert_allclose(probs, reference(windows), rtol=1e-5, atol=1e-6)

@@ -18,7 +18,7 @@ from parley.engines import ChatMessage, EngineError, Engines, Transcript
 from parley.voice.session import VoiceSession
 
 WINDOW = 512
-WORDS = {1: "no wait", 2: "the other day", 3: "hello there", 4: "please"}
+WORDS = {1: "no wait", 2: "the other day", 3: "hello there", 4: "please", 5: "a table for"}
 """Each stretch of test speech is a constant level; the scripted STT hears these words."""
 
 
@@ -92,6 +92,25 @@ class HeldEOU:
         return 1.0
 
 
+class HeldTextEOU:
+    """The words' end-of-turn model: counts its calls and those cancelled while held."""
+
+    def __init__(self) -> None:
+        self.gate: asyncio.Event | None = None
+        self.asked: list[str] = []
+        self.cancelled = 0
+
+    async def completion_probability(self, text: str) -> float:
+        self.asked.append(text)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return 0.9
+
+
 class ScriptedLLM:
     def __init__(self, fail_first: bool = False) -> None:
         self.fail_first = fail_first
@@ -156,9 +175,17 @@ class Harness:
         )
         self.stt = ScriptedSTT()
         self.eou = HeldEOU()
+        self.eou_text = HeldTextEOU()
         self.llm = engine_kw.get("llm", ScriptedLLM())
         self.sink = Sink()
-        engines = Engines(stt=self.stt, llm=self.llm, tts=LongTTS(), vad=LevelVAD(), eou=self.eou)
+        engines = Engines(
+            stt=self.stt,
+            llm=self.llm,
+            tts=LongTTS(),
+            vad=LevelVAD(),
+            eou=self.eou,
+            eou_text=engine_kw.get("eou_text"),
+        )
         self.session = VoiceSession(engines, self.settings, self.sink)
 
     async def feed(self, level: int, windows: int) -> None:
@@ -299,6 +326,52 @@ async def test_a_stale_early_transcription_is_cancelled(harness: Harness) -> Non
     h.stt.release()
     await h.feed(0, 12)
     await until(lambda: h.sink.of("turn.ended"))
+
+
+async def test_the_words_model_is_not_asked_after_a_dangling_word(
+    monkeypatch: Any, tmp_path: Any
+) -> None:
+    """A turn ending "... a table for" waits ``unfinished_delay`` whatever the words' model would say:
+    it is not asked (under load its calls are the largest share of a worker's CPU)."""
+    words = HeldTextEOU()
+    h = Harness(monkeypatch, tmp_path, eou_text=words)
+    h.settings.turn.unfinished_delay = 0
+    await h.session.start()
+    try:
+        await h.speak(5)
+        await until(lambda: h.sink.of("turn.ended"))
+        ended = h.sink.of("turn.ended")[0]
+        assert ended["text"] == "a table for" and ended["eou_text_probability"] is None
+        assert words.asked == []
+        await h.speak(3)  # a whole phrase: asked
+        await until(lambda: len(h.sink.of("turn.ended")) == 2)
+        assert words.asked == ["hello there"]
+        assert h.sink.of("turn.ended")[1]["eou_text_probability"] == 0.9
+    finally:
+        await h.session.close()
+
+
+async def test_a_stale_words_verdict_is_dropped_when_speech_resumes(
+    monkeypatch: Any, tmp_path: Any
+) -> None:
+    """The words' model is asked on the early transcript; when the caller goes on, that
+    call (queued behind other sessions' under load) is cancelled, not run for nothing."""
+    words = HeldTextEOU()
+    words.gate = asyncio.Event()
+    h = Harness(monkeypatch, tmp_path, eou_text=words)
+    await h.session.start()
+    try:
+        await h.feed(3, 10)
+        await h.feed(0, 2)  # a short pause: the early final, then its words are scored
+        await until(lambda: words.asked == ["hello there"])
+        await h.feed(3, 3)  # speech resumes: that verdict is stale
+        await settle()
+        assert words.cancelled == 1
+        words.gate.set()
+        await h.feed(0, 12)
+        await until(lambda: h.sink.of("turn.ended"))
+    finally:
+        await h.session.close()
 
 
 async def test_a_failed_draft_reports_no_error_and_the_turn_is_answered(

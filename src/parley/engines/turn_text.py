@@ -63,6 +63,11 @@ class TextTurnDetector:
             model_path=str(Path(path)),
             n_ctx=N_CTX,
             n_threads=1,
+            # A call evaluates a dozen new tokens at once: a "batch", which llama.cpp runs
+            # on n_threads_batch threads, by default every core. One: on a worker with many
+            # sessions the second thread took a core from the event loop and the VAD
+            # (`make bench-load`: 50 sessions' p50 went from collapsing at 6 s to 0.56 s).
+            n_threads_batch=1,
             n_batch=256,
             verbose=False,
         )

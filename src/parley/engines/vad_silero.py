@@ -28,8 +28,13 @@ class SileroVAD:
         opts.inter_op_num_threads = 1
         opts.intra_op_num_threads = 1
         opts.log_severity_level = 3
+        path = str(model_path or default_model_path())
+        batched = batched_model(path)
+        # One call for every waiting window of every session when the graph could be made
+        # to take a batch of streams; else one call per window (same probabilities).
+        self._batched = batched is not None
         self._session = ort.InferenceSession(
-            str(model_path or default_model_path()),
+            batched if batched is not None else path,
             sess_options=opts,
             providers=["CPUExecutionProvider"],
         )
@@ -39,8 +44,7 @@ class SileroVAD:
         self._lane = InferenceLane("vad", 1, timeout=10.0, slow_secs=0.5, counts_as_load=False)
         # Windows that arrive while the lane works wait here and then go to it together:
         # one hop to the thread (and one back) for every session's window of that moment,
-        # not one each. The model's state is per stream, so it cannot batch the inference
-        # itself (its h/c are for one sequence): the windows run one after another.
+        # and one inference over all of them (see :func:`batched_model`).
         self._waiting: list[tuple[SileroStream, np.ndarray, asyncio.Future[float]]] = []
         self._draining: asyncio.Task[None] | None = None
 
@@ -95,14 +99,74 @@ class SileroVAD:
     ) -> list[float]:
         # In the lane's thread; each stream has one window in flight at most (its audio
         # loop awaits it), so its state is not touched anywhere else meanwhile.
-        probs = []
-        for stream, x, _ in batch:
-            prob, stream._h, stream._c = self._run(x, stream._h, stream._c)
-            probs.append(prob)
-        return probs
+        if not self._batched or len(batch) == 1:
+            probs = []
+            for stream, x, _ in batch:
+                prob, stream._h, stream._c = self._run(x, stream._h, stream._c)
+                probs.append(prob)
+            return probs
+        out, h, c = self._session.run(
+            None,
+            {
+                "input": np.stack([x for _, x, _ in batch]),
+                "h": np.concatenate([stream._h for stream, _, _ in batch], axis=1),
+                "c": np.concatenate([stream._c for stream, _, _ in batch], axis=1),
+            },
+        )
+        for i, (stream, _, _) in enumerate(batch):
+            # Copies: a view would keep the whole batch's state array alive per stream.
+            stream._h = h[:, i : i + 1].copy()
+            stream._c = c[:, i : i + 1].copy()
+        return [float(p) for p in out.reshape(-1)]
 
     def close(self) -> None:
         self._lane.shutdown()
+
+
+def batched_model(path: str) -> bytes | None:
+    """The Silero v6 graph made to run one window of each of many streams in one call,
+    or None when ``path`` is not the graph this knows.
+
+    As shipped, the model reads ``[seq_len, 576]`` as one stream's consecutive windows:
+    the encoder turns each window into ``[128, 1]`` features (window by window: a window
+    carries its own 64 samples of context), a Transpose makes them the LSTM's sequence
+    ``[seq_len, batch=1, 128]``, and ``h``/``c`` are that one stream's ``[1, 1, 128]``.
+    With the Transpose's ``perm`` from (0, 2, 1) to (2, 0, 1) the same rows become the
+    LSTM's *batch* ``[1, B, 128]``: B streams, one step each, each with its own ``h``/``c``
+    row (the LSTM's batch dimension, declared free here). The decoder after it is per
+    position either way. Every stream's probability and state are the ones it gets alone
+    (``tests/test_vad_batching.py`` compares them with the untouched model's)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    model = onnx.load(path)
+    graph = model.graph
+    transposes = [n for n in graph.node if n.op_type == "Transpose" and n.output]
+    lstm = [n for n in graph.node if n.op_type == "LSTM"]
+    if len(lstm) != 1 or lstm[0].input[0] not in {t.output[0] for t in transposes}:
+        return None
+    (to_lstm,) = [t for t in transposes if t.output[0] == lstm[0].input[0]]
+    perms = [a for a in to_lstm.attribute if a.name == "perm"]
+    if len(perms) != 1 or list(perms[0].ints) != [0, 2, 1]:
+        return None
+    perms[0].ints[:] = [2, 0, 1]
+    states = {"h", "c", "hn", "cn"}
+    found = 0
+    for value in [*graph.input, *graph.output]:
+        if value.name in states:
+            dims = value.type.tensor_type.shape.dim
+            if len(dims) != 3:
+                return None
+            dims[1].dim_param = "streams"
+            found += 1
+        elif value.name == "speech_probs":
+            for dim in value.type.tensor_type.shape.dim:
+                dim.dim_param = "streams"
+    if found != len(states):
+        return None
+    del graph.value_info[:]  # shapes inferred for one stream; the runtime infers them anew
+    return bytes(model.SerializeToString())
 
 
 class SileroStream:

@@ -51,12 +51,18 @@ class EndOfTurnEvidence:
     """The text model's P(the message ends here); None when it is off or failed."""
 
 
+def words_matter(text: str, cfg: TurnSettings) -> bool:
+    """Whether the text model's verdict on ``text`` can change :func:`finish_delay`: not
+    after a dangling last word, which waits ``unfinished_delay`` whatever it says."""
+    return not (cfg.use_text_hint and ends_with_dangling_word(text))
+
+
 def audio_matters(text: str, p_text: float | None, cfg: TurnSettings) -> bool:
     """Whether Smart Turn's verdict can change :func:`finish_delay` once the words are
     known: not after a dangling word, nor when the text model is sure either way (at or
     above ``text_sure``, or under ``text_floor``). Then the audio model is not run: it is
     the largest share of a worker's CPU per turn (``make bench-load``'s profile)."""
-    if cfg.use_text_hint and ends_with_dangling_word(text):
+    if not words_matter(text, cfg):
         return False
     if p_text is None:
         return True

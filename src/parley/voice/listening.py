@@ -107,6 +107,7 @@ class Listening(SessionCore):
             seg.early = None
             if self._turn is not None:
                 self._turn.early_finals_discarded += 1
+                self._turn.drop_text_scores()
             if self._reply is not None and not self._reply.confirmed:
                 self._discard_reply(self._reply)
         elif silence >= self.settings.vad.early_final_secs and seg.early is None and self._turn:

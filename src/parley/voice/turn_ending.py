@@ -8,7 +8,12 @@ import asyncio
 import numpy as np
 
 from parley.telemetry import get_logger
-from parley.voice.endpointing import EndOfTurnEvidence, audio_matters, finish_delay
+from parley.voice.endpointing import (
+    EndOfTurnEvidence,
+    audio_matters,
+    finish_delay,
+    words_matter,
+)
 from parley.voice.events import event
 from parley.voice.response import safe_message
 from parley.voice.session_core import SessionCore
@@ -78,6 +83,12 @@ class TurnEnding(SessionCore):
         early transcript), so the endpointing decision rarely waits for it."""
         task = turn.text_scores.get(text)
         if task is None:
+            if not words_matter(text, self.settings.turn):
+                # A dangling last word decides the delay alone: the model's answer would be
+                # read by nobody (it is the largest share of a busy worker's CPU per turn).
+                done: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+                done.set_result(None)
+                return done
             task = self._spawn(self._score_text(text))
             turn.text_scores = {text: task}  # only the latest text is ever asked again
         return asyncio.shield(task)

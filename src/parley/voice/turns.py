@@ -104,6 +104,18 @@ class UserTurn:
         if self.finals:
             await asyncio.wait(set(self.finals))
 
+    def drop_text_scores(self) -> None:
+        """Forget the verdicts asked on a transcript that more speech made stale: one still
+        queued is dropped from the model's lane (nobody awaits it while the caller speaks:
+        a new segment's endpointing asks afresh), not run for nothing under load."""
+        kept = {}
+        for text, task in self.text_scores.items():
+            if task.done():  # a finished one keeps its answer (the same words may come back)
+                kept[text] = task
+            else:
+                task.cancel()
+        self.text_scores = kept
+
     def text_with(self, index: int | None = None, text: str = "") -> str:
         """The turn's transcript, segments in order, optionally with one segment replaced."""
         texts = dict(self.texts)
