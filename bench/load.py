@@ -282,22 +282,34 @@ async def run_ramp(
             )
             print(f"      server stage p50 (ms): {row['server_stage_p50_ms']}", flush=True)
             print(f"      server stage p95 (ms): {row['server_stage_p95_ms']}", flush=True)
-    # The end-of-turn silence is 0.25 s or 1.2 s (and between) depending on the words, so
-    # voice-to-voice is bimodal and its p95 moves with the mix of sentences in a step:
-    # held is also judged on what comes on top of the chosen silence (what load changes).
-    held: dict[str, int] = {}
-    for key in ("voice_to_voice_ms", "beyond_silence_ms"):
-        held[key] = 0
-        limit = single[key]["p95"]
-        for row in levels:
-            ok = row["live"] and not row["failures"] and not row["errors"]
-            if ok and within(row[key]["p95"], float(limit) + args.p95_margin_ms):
-                held[key] = max(held[key], row["live"])
+    # The end-of-turn silence is 0.25 s, 1.0 s, 1.2 s or 2.0 s depending on the words, so
+    # voice-to-voice is multimodal and its p95 is one of those waits plus ~50 ms in every
+    # step, loaded or not (a 60-session step whose p50 had doubled still "held" on it).
+    # Held is therefore judged on what load changes: what comes on top of the chosen
+    # silence at p95, and voice-to-voice at p50; the steps count up to the first that fails.
+    margin = args.p95_margin_ms
+    single_p50 = float(single["voice_to_voice_ms"]["p50"])
+    single_beyond = float(single["beyond_silence_ms"]["p95"])
+    held = 0
+    held_on_p95_alone = 0
+    for row in levels:
+        ok = bool(row["live"]) and not row["failures"] and not row["errors"]
+        if ok and within(
+            row["voice_to_voice_ms"]["p95"], single["voice_to_voice_ms"]["p95"] + margin
+        ):
+            held_on_p95_alone = max(held_on_p95_alone, row["live"])
+        if not (
+            ok
+            and within(row["voice_to_voice_ms"]["p50"], single_p50 + margin)
+            and within(row["beyond_silence_ms"]["p95"], single_beyond + margin)
+        ):
+            break
+        held = row["live"]
     return {
         "single_session": single,
         "steps": levels,
-        "sessions_held": held["voice_to_voice_ms"],
-        "sessions_held_beyond_silence": held["beyond_silence_ms"],
+        "sessions_held": held,
+        "sessions_held_on_voice_to_voice_p95_alone": held_on_p95_alone,
     }
 
 
@@ -320,7 +332,9 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the worker")
     args = parser.parse_args()
     remote = args.engines == "remote"
-    steps = [int(s) for s in (args.steps or ("10,20,30,40,50" if remote else "1,2,3,4")).split(",")]
+    steps = [
+        int(s) for s in (args.steps or ("10,20,30,40,50,60" if remote else "1,2,3,4")).split(",")
+    ]
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     env = dict(kv.split("=", 1) for kv in args.env)
@@ -376,11 +390,17 @@ def main() -> None:
         f"\nParley load benchmark ({args.engines} engines) — {report['machine']['cpu']}, "
         f"{report['machine']['cores']} cores"
     )
+    margin = args.p95_margin_ms
     print(
-        f"highest step with no failed turn and p95 within {args.p95_margin_ms:.0f} ms of one "
-        f"session's: {result['sessions_held']} live sessions on voice-to-voice "
-        f"(single {single_p95} ms), {result['sessions_held_beyond_silence']} on what comes "
-        f"beyond the end-of-turn silence (single {single_beyond} ms)"
+        f"held: {result['sessions_held']} live sessions (every step up to it: no failed turn, "
+        f"voice-to-voice p50 within {margin:.0f} ms of one session's "
+        f"{result['single_session']['voice_to_voice_ms']['p50']} ms, and what comes beyond "
+        f"the end-of-turn silence within {margin:.0f} ms of one session's p95 {single_beyond} ms)"
+    )
+    alone = result["sessions_held_on_voice_to_voice_p95_alone"]
+    print(
+        f"(voice-to-voice p95 alone, {single_p95} ms for one session, is set by the silence "
+        f"the words call for: it 'holds' up to {alone})"
     )
     print(f"results: {out.relative_to(ROOT)}")
 

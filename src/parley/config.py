@@ -142,7 +142,7 @@ class ServerSettings(BaseModel):
     transport holds it). Past it new sessions and connections get 503 + Retry-After (close
     4503 on the WebSocket), never a slower call for everyone. Unset: derived from the
     engines and the cores (``parley.engines.capacity``: embedded models on the CPU 1 per
-    core, all stages remote 10 per core, from ``make bench`` and ``make bench-load``);
+    core, all stages remote 15 per core, from ``make bench`` and ``make bench-load``);
     measure your machine and set it from that."""
     retry_after_secs: int = Field(default=5, ge=1)
     """The ``Retry-After`` of a refusal for lack of room (and of a ``/ready`` that is not)."""
