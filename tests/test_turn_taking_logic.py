@@ -190,3 +190,21 @@ async def test_text_model_calls_do_not_block_each_other(text_model):
         *(text_model.completion_probability(f"Book {n} seats") for n in range(4))
     )
     assert all(0.0 <= p <= 1.0 for p in results)
+
+
+async def test_text_model_uses_every_core_only_while_sessions_are_few(text_model):
+    """Its batch of new tokens runs on every core while no more sessions than cores are
+    live, else on one (a second thread would take a core from the event loop); the
+    verdict is the same either way."""
+    from parley.engines import device
+
+    sessions = [1]
+    text_model._live_sessions = lambda: sessions[0]
+    text = "Could I get the vegetable curry please."
+    few = await text_model.completion_probability(text)
+    assert text_model._threads == device.cpu_count()
+    sessions[0] = device.cpu_count() + 1
+    await text_model.completion_probability("Something else first")  # not the cached words
+    many = await text_model.completion_probability(text)
+    assert text_model._threads == 1
+    assert many == pytest.approx(few, abs=1e-3)

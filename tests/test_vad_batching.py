@@ -93,3 +93,20 @@ async def test_streams_in_one_call_get_what_the_untouched_model_gives(vad: Siler
     got = await asyncio.gather(*(batched(w) for w in clips))
     for probs, windows in zip(got, clips, strict=True):
         np.testing.assert_allclose(probs, reference(windows), rtol=1e-5, atol=1e-6)
+
+
+async def test_live_streams_are_those_with_audio_in_the_last_second() -> None:
+    from parley.engines.vad_silero import LIVE_SECS
+
+    vad = SileroVAD()  # its own: no other test's streams
+    try:
+        window = np.zeros(WINDOW, dtype=np.float32)
+        a, b, idle = vad.stream(), vad.stream(), vad.stream()
+        assert vad.live_streams() == 0
+        await asyncio.gather(a.probability(window), b.probability(window))
+        assert vad.live_streams() == 2  # not the stream that never had a window
+        b._last_window -= LIVE_SECS + 0.1  # b's caller went quiet on the wire (or closed)
+        assert vad.live_streams() == 1
+        del idle
+    finally:
+        vad.close()

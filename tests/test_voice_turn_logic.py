@@ -331,8 +331,9 @@ async def test_a_stale_early_transcription_is_cancelled(harness: Harness) -> Non
 async def test_the_words_model_is_not_asked_after_a_dangling_word(
     monkeypatch: Any, tmp_path: Any
 ) -> None:
-    """A turn ending "... a table for" waits ``unfinished_delay`` whatever the words' model would say:
-    it is not asked (under load its calls are the largest share of a worker's CPU)."""
+    """A turn ending "... a table for" waits ``unfinished_delay`` whatever the words'
+    model would say: it is not asked (under load, its calls are the largest share of a
+    worker's CPU)."""
     words = HeldTextEOU()
     h = Harness(monkeypatch, tmp_path, eou_text=words)
     h.settings.turn.unfinished_delay = 0

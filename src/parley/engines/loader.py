@@ -78,7 +78,8 @@ async def load_engines(settings: Settings) -> Engines:
         if settings.turn.text_model:
             from parley.engines.turn_text import TextTurnDetector
 
-            eou_text = await asyncio.to_thread(TextTurnDetector, settings.turn)
+            # Sessions whose audio is flowing: how many share the cores with its calls.
+            eou_text = await asyncio.to_thread(TextTurnDetector, settings.turn, vad.live_streams)
     except BaseException:
         tts_started.cancel()
         await asyncio.wait([tts_started])  # its Piper workers are stopped by the cancel

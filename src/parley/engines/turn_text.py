@@ -15,19 +15,23 @@ higher), and a history that changes every turn would have to be evaluated every 
 
 It is its own llama.cpp instance, not the reply model's: the reply model's one worker is
 busy drafting the reply at the very moment this is asked, and the reply model may be a
-remote one. The model is ~100 MB; one thread keeps it off the transcription's cores.
+remote one. The model is ~100 MB; it generates nothing, and its batch of new tokens runs on
+every core only while the process has no more live sessions than cores (one thread
+beyond: see ``_batch_threads``).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from parley.config import TurnSettings
+from parley.engines import device
 from parley.engines.base import EngineError
 from parley.engines.lanes import InferenceLane
 
@@ -53,8 +57,10 @@ def normalise(text: str) -> str:
 
 
 class TextTurnDetector:
-    def __init__(self, settings: TurnSettings) -> None:
-        from llama_cpp import Llama
+    def __init__(
+        self, settings: TurnSettings, live_sessions: Callable[[], int] | None = None
+    ) -> None:
+        from llama_cpp import Llama, llama_set_n_threads
 
         from parley.engines.llm_llama import default_model_path
 
@@ -63,11 +69,7 @@ class TextTurnDetector:
             model_path=str(Path(path)),
             n_ctx=N_CTX,
             n_threads=1,
-            # A call evaluates a dozen new tokens at once: a "batch", which llama.cpp runs
-            # on n_threads_batch threads, by default every core. One: on a worker with many
-            # sessions the second thread took a core from the event loop and the VAD
-            # (`make bench-load`: 50 sessions' p50 went from collapsing at 6 s to 0.56 s).
-            n_threads_batch=1,
+            n_threads_batch=1,  # set per call: see _batch_threads
             n_batch=256,
             verbose=False,
         )
@@ -78,6 +80,10 @@ class TextTurnDetector:
         self._finishing = np.array([end[0], *self._closing_tokens()], dtype=np.int64)
         self._prefix = _user_message_prefix(self._llm)
         self._lane = InferenceLane("eou-text", 1, timeout=5.0)
+        self._live_sessions = live_sessions
+        self._cores = device.cpu_count()
+        self._threads = 1
+        self._set_threads = llama_set_n_threads
 
     async def completion_probability(self, user_text: str) -> float:
         """P(the user's message ends after ``user_text``)."""
@@ -105,6 +111,10 @@ class TextTurnDetector:
                 break
             common += 1
         llm.n_tokens = min(common, len(tokens) - 1)
+        threads = self._batch_threads()
+        if threads != self._threads:
+            self._set_threads(llm._ctx.ctx, 1, threads)
+            self._threads = threads
         llm.eval(tokens[llm.n_tokens :])
         # Without logits_all llama-cpp-python keeps no scores; the context still holds the
         # last evaluated token's logits.
@@ -114,6 +124,18 @@ class TextTurnDetector:
         log_total = top + math.log(float(np.exp(logits - top).sum()))
         finishing = self._finishing[:1] if text.endswith("?") else self._finishing
         return float(np.exp(logits[finishing] - log_total).sum())
+
+    def _batch_threads(self) -> int:
+        """Threads for this call's batch of new tokens (a dozen, evaluated at once).
+
+        Every core while there are no more live sessions than cores: a call takes ~36 ms
+        on two cores against ~64 ms on one, on the path to a short pause's reply. One
+        beyond: a second llama.cpp thread then takes a core from the event loop and the
+        VAD that every other session needs (`make bench-load` with remote engines: at
+        50 sessions the p50 went from 7 s, collapsed, to 0.57 s with one thread)."""
+        if self._live_sessions is None:
+            return 1
+        return self._cores if self._live_sessions() <= self._cores else 1
 
     def _closing_tokens(self) -> list[int]:
         """Tokens that close a sentence (".", "?", "!"; not "..." which trails off)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import weakref
 from importlib import resources
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from parley.engines.lanes import InferenceLane
 
 WINDOW = 512  # samples at 16 kHz (32 ms): the window Silero v5/v6 is trained on
 CONTEXT = 64  # samples of the previous window the model sees with each new one
+LIVE_SECS = 1.0  # a stream without a window for this long is not a live session's
 
 
 def default_model_path() -> Path:
@@ -46,10 +49,20 @@ class SileroVAD:
         # one hop to the thread (and one back) for every session's window of that moment,
         # and one inference over all of them (see :func:`batched_model`).
         self._waiting: list[tuple[SileroStream, np.ndarray, asyncio.Future[float]]] = []
+        self._streams: weakref.WeakSet[SileroStream] = weakref.WeakSet()
         self._draining: asyncio.Task[None] | None = None
 
     def stream(self) -> SileroStream:
-        return SileroStream(self)
+        stream = SileroStream(self)
+        self._streams.add(stream)
+        return stream
+
+    def live_streams(self) -> int:
+        """Streams that had a window in the last second: the sessions whose audio flows
+        (every live connection sends audio, silence included), whoever still holds a
+        closed one."""
+        since = time.monotonic() - LIVE_SECS
+        return sum(1 for stream in list(self._streams) if stream._last_window >= since)
 
     def _run(
         self, window: np.ndarray, h: np.ndarray, c: np.ndarray
@@ -177,10 +190,12 @@ class SileroStream:
         self._h = np.zeros((1, 1, 128), dtype=np.float32)
         self._c = np.zeros((1, 1, 128), dtype=np.float32)
         self._context = np.zeros(CONTEXT, dtype=np.float32)
+        self._last_window = float("-inf")
 
     async def probability(self, window: np.ndarray) -> float:
         if window.shape != (WINDOW,):
             raise ValueError(f"VAD window must be {WINDOW} samples")
+        self._last_window = time.monotonic()
         x = np.concatenate([self._context, window.astype(np.float32)])
         self._context = x[-CONTEXT:]
         return await self._vad._probability(self, x)
