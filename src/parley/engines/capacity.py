@@ -10,8 +10,9 @@ use (its CPU affinity, and a container's CPU quota when it has one):
 - **every stage remote** (STT, LLM and TTS behind OpenAI-compatible servers): the
   worker's own work per session is VAD, end of turn, framing and events, and
   ``make bench-load`` holds :data:`REMOTE_SESSIONS_PER_CORE` per core: at 30 sessions on
-  2 cores, in every run, voice-to-voice p50 and what comes beyond the end-of-turn silence
-  at p95 stay within 100 ms of a single session's (40 held in one run of two, 50 in none);
+  2 cores voice-to-voice p50 stays within 20 ms of a single session's, and what comes
+  beyond the end-of-turn silence at p95 within 100 ms in two runs of three (+114 ms in
+  the third; 40 held in one run of three, 50 in none);
 - **embedded models on a GPU**: not measured here; :data:`GPU_SESSIONS` until a team
   measures its own (``make bench`` with ``server.max_sessions`` raised) and sets it.
 

@@ -91,13 +91,14 @@ class TextTurnDetector:
         if not text:
             return 0.0
         try:
-            return await self._lane.run(self._score, text)
+            # Read here, on the event loop, where sessions come and go.
+            return await self._lane.run(self._score, text, self._batch_threads())
         except EngineError:
             raise
         except Exception as exc:
             raise EngineError(f"text end-of-turn failed: {exc}") from exc
 
-    def _score(self, text: str) -> float:
+    def _score(self, text: str, threads: int = 1) -> float:
         prompt = self._prefix + text
         tokens = self._llm.tokenize(prompt.encode(), add_bos=False, special=True)
         tokens = tokens[-(N_CTX - 8) :]
@@ -111,7 +112,6 @@ class TextTurnDetector:
                 break
             common += 1
         llm.n_tokens = min(common, len(tokens) - 1)
-        threads = self._batch_threads()
         if threads != self._threads:
             self._set_threads(llm._ctx.ctx, 1, threads)
             self._threads = threads
