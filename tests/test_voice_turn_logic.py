@@ -37,17 +37,13 @@ class LevelVAD:
         return 1.0 if float(np.abs(audio).max()) > 0.005 else 0.0
 
 
-class ScriptedSTT:
-    """Hears WORDS by level; ``hold()`` parks every later call until ``release()``."""
+class Gated:
+    """``hold()`` parks every later call until ``release()``; counts the calls cancelled
+    while parked."""
 
     def __init__(self) -> None:
         self.gate: asyncio.Event | None = None
         self.cancelled = 0
-        self.calls = 0
-
-    @property
-    def busy(self) -> bool:
-        return False
 
     def hold(self) -> None:
         self.gate = asyncio.Event()
@@ -57,14 +53,29 @@ class ScriptedSTT:
             self.gate.set()
         self.gate = None
 
-    async def transcribe(self, audio: np.ndarray) -> Transcript:
-        self.calls += 1
+    async def passing(self) -> None:
         try:
             if self.gate is not None:
                 await self.gate.wait()
         except asyncio.CancelledError:
             self.cancelled += 1
             raise
+
+
+class ScriptedSTT(Gated):
+    """Hears WORDS by level."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    @property
+    def busy(self) -> bool:
+        return False
+
+    async def transcribe(self, audio: np.ndarray) -> Transcript:
+        self.calls += 1
+        await self.passing()
         levels: list[int] = []
         for value in np.round(np.abs(audio) * 100).astype(int):
             if value and value not in levels:
@@ -92,22 +103,16 @@ class HeldEOU:
         return 1.0
 
 
-class HeldTextEOU:
-    """The words' end-of-turn model: counts its calls and those cancelled while held."""
+class HeldTextEOU(Gated):
+    """The words' end-of-turn model: what it was asked, in order."""
 
     def __init__(self) -> None:
-        self.gate: asyncio.Event | None = None
+        super().__init__()
         self.asked: list[str] = []
-        self.cancelled = 0
 
     async def completion_probability(self, text: str) -> float:
         self.asked.append(text)
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
+        await self.passing()
         return 0.9
 
 
@@ -358,7 +363,7 @@ async def test_a_stale_words_verdict_is_dropped_when_speech_resumes(
     """The words' model is asked on the early transcript; when the caller goes on, that
     call (queued behind other sessions' under load) is cancelled, not run for nothing."""
     words = HeldTextEOU()
-    words.gate = asyncio.Event()
+    words.hold()
     h = Harness(monkeypatch, tmp_path, eou_text=words)
     await h.session.start()
     try:
@@ -368,7 +373,7 @@ async def test_a_stale_words_verdict_is_dropped_when_speech_resumes(
         await h.feed(3, 3)  # speech resumes: that verdict is stale
         await settle()
         assert words.cancelled == 1
-        words.gate.set()
+        words.release()
         await h.feed(0, 12)
         await until(lambda: h.sink.of("turn.ended"))
     finally:
