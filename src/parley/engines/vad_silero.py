@@ -112,7 +112,7 @@ class SileroVAD:
     ) -> list[float]:
         # In the lane's thread; each stream has one window in flight at most (its audio
         # loop awaits it), so its state is not touched anywhere else meanwhile.
-        if not self._batched or len(batch) == 1:
+        if not self._batched:
             probs = []
             for stream, x, _ in batch:
                 prob, stream._h, stream._c = self._run(x, stream._h, stream._c)

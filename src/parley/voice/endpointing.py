@@ -72,7 +72,7 @@ def audio_matters(text: str, p_text: float | None, cfg: TurnSettings) -> bool:
 def finish_delay(evidence: EndOfTurnEvidence, cfg: TurnSettings) -> float:
     """The silence after the caller's last speech that ends their turn."""
     text = evidence.text
-    if cfg.use_text_hint and ends_with_dangling_word(text):
+    if not words_matter(text, cfg):
         return max(cfg.unfinished_delay, cfg.max_endpointing_delay)
     audio = evidence.p_audio is not None and evidence.p_audio >= cfg.eou_threshold
     p_text = evidence.p_text

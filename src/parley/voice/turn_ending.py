@@ -83,19 +83,15 @@ class TurnEnding(SessionCore):
         early transcript), so the endpointing decision rarely waits for it."""
         task = turn.text_scores.get(text)
         if task is None:
-            if not words_matter(text, self.settings.turn):
-                # A dangling last word decides the delay alone: the model's answer would be
-                # read by nobody (it is the largest share of a busy worker's CPU per turn).
-                done: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
-                done.set_result(None)
-                return done
             task = self._spawn(self._score_text(text))
             turn.text_scores = {text: task}  # only the latest text is ever asked again
         return asyncio.shield(task)
 
     async def _score_text(self, text: str) -> float | None:
         model = self.engines.eou_text
-        if model is None or not text:
+        # After a dangling last word the delay is decided without it: its answer would be
+        # read by nobody (it is the largest share of a busy worker's CPU per turn).
+        if model is None or not text or not words_matter(text, self.settings.turn):
             return None
         try:
             return await model.completion_probability(text)
