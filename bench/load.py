@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from load_callers import CallerPool
+from load_callers import CallerPool, Turn
 from parley.testing import ServerProcess, free_port, wait_until_answers
 from voice_to_voice import RESULTS, ROOT, STAGES, machine, pct, within
 
@@ -122,6 +122,16 @@ async def measure_step(
 
     stages = {key: stage(key, 50) for key in STAGES}
     stages_p95 = {key: stage(key, 95) for key in STAGES}
+    # Where the tail's time goes: the server's timeline of its slowest tenth of turns
+    # (beyond the chosen silence) beside every turn's, each mark's median.
+    slow_from = pct(beyond, 90)
+    slow = [
+        t
+        for t in turns
+        if isinstance(slow_from, float)
+        and t.beyond_silence_ms is not None
+        and t.beyond_silence_ms >= slow_from
+    ]
     rss = clocks["worker"].rss_mb()
     live = pool.live
     return {
@@ -135,6 +145,8 @@ async def measure_step(
         "beyond_silence_ms": {"p50": pct(beyond, 50, failures), "p95": pct(beyond, 95, failures)},
         "server_stage_p50_ms": stages,
         "server_stage_p95_ms": stages_p95,
+        "timeline_p50_ms": timeline_medians(turns),
+        "slowest_tenth_timeline_p50_ms": timeline_medians(slow),
         # Over the measuring window only; the reply wait after it is not counted.
         "cpu_percent_of_one_core": {
             name: round(100 * secs / (elapsed + TURN_TIMEOUT_S), 1) for name, secs in cpu.items()
@@ -142,6 +154,19 @@ async def measure_step(
         "worker_rss_mb": round(rss, 1),
         "worker_mb_per_session": round((rss - idle_rss) / live, 2) if live else None,
     }
+
+
+def timeline_medians(turns: list[Turn]) -> dict[str, float]:
+    """Each server timeline mark's median over ``turns``, in ms after the caller's last
+    speech (``turn.metrics``' ``timeline_ms``), in the order the marks come."""
+    marks: dict[str, list[float]] = {}
+    for turn in turns:
+        timeline = (turn.stages or {}).get("timeline_ms") or {}
+        for key, value in timeline.items():
+            if isinstance(value, int | float):
+                marks.setdefault(key, []).append(value)
+    medians = {key: float(pct(values, 50) or 0.0) for key, values in marks.items()}
+    return dict(sorted(medians.items(), key=lambda kv: kv[1]))
 
 
 def start_profile(pid: int, secs: float, out: Path) -> subprocess.Popen[bytes]:
@@ -282,6 +307,11 @@ async def run_ramp(
             )
             print(f"      server stage p50 (ms): {row['server_stage_p50_ms']}", flush=True)
             print(f"      server stage p95 (ms): {row['server_stage_p95_ms']}", flush=True)
+            print(f"      timeline p50 (ms): {row['timeline_p50_ms']}", flush=True)
+            print(
+                f"      slowest tenth's timeline p50 (ms): {row['slowest_tenth_timeline_p50_ms']}",
+                flush=True,
+            )
     # The end-of-turn silence is 0.25 s, 1.0 s, 1.2 s or 2.0 s depending on the words, so
     # voice-to-voice is multimodal and its p95 is one of those waits plus ~50 ms in every
     # step, loaded or not (a 60-session step whose p50 had doubled still "held" on it).

@@ -104,7 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_blas_thread() -> None:
+    """Make numpy's OpenBLAS run on the calling thread only, unless told otherwise.
+
+    Called before numpy is imported (OpenBLAS reads it once, at load). OpenBLAS starts a
+    thread per core and keeps it spinning for a while after every matrix product. Parley's
+    products are small (the mel filterbank of each Smart Turn call) and run in inference
+    lanes already sized to the cores: with 50 sessions on 2 cores that spinning was 14 %
+    of a core of the worker and slowed every other thread (``make bench-load``)."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
 def main(argv: list[str] | None = None) -> None:
+    one_blas_thread()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("serve", "worker", "control"):

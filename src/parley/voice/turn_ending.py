@@ -55,7 +55,7 @@ class TurnEnding(SessionCore):
         if words.done() and not audio_matters(text, words.result(), cfg):
             return EndOfTurnEvidence(text, None, words.result())
         audio: asyncio.Future[float | None] = asyncio.ensure_future(
-            self.engines.eou.completion_probability(np.concatenate(list(turn.audio)))
+            self._audio_score(turn, np.concatenate(list(turn.audio)))
         )
         try:
             done, _ = await asyncio.wait({audio, words}, return_when=asyncio.FIRST_COMPLETED)
@@ -78,23 +78,30 @@ class TurnEnding(SessionCore):
             raise p_text
         return EndOfTurnEvidence(text, p_audio, p_text)
 
+    async def _audio_score(self, turn: UserTurn, audio: np.ndarray) -> float:
+        p = await self.engines.eou.completion_probability(audio)
+        turn.marks["audio_scored"] = self._now()
+        return p
+
     def _text_score(self, turn: UserTurn, text: str) -> asyncio.Future[float | None]:
         """The words' P(finished) for ``text``: begun when the text was first known (the
         early transcript), so the endpointing decision rarely waits for it."""
         task = turn.text_scores.get(text)
         if task is None:
-            task = self._spawn(self._score_text(text))
+            task = self._spawn(self._score_text(turn, text))
             turn.text_scores = {text: task}  # only the latest text is ever asked again
         return asyncio.shield(task)
 
-    async def _score_text(self, text: str) -> float | None:
+    async def _score_text(self, turn: UserTurn, text: str) -> float | None:
         model = self.engines.eou_text
         # After a dangling last word the delay is decided without it: its answer would be
         # read by nobody (it is the largest share of a busy worker's CPU per turn).
         if model is None or not text or not words_matter(text, self.settings.turn):
             return None
         try:
-            return await model.completion_probability(text)
+            p = await model.completion_probability(text)
+            turn.marks["words_scored"] = self._now()  # the latest text's, on the timeline
+            return p
         except Exception as exc:
             # The words' model is an extra signal: without it the audio rule decides.
             log.warning("text end-of-turn failed", error=repr(exc))
