@@ -86,6 +86,31 @@ async def test_playout_is_paced_and_knows_what_was_heard():
     assert all(len(f) == 640 for f in sink.frames)
 
 
+async def test_a_sentence_still_streaming_in_counts_its_words_heard_late_not_early():
+    """Interrupted while its audio still arrives, a sentence's heard words are counted
+    against its length at an ordinary pace, not against the little that has arrived (which
+    would count every word heard after its first chunk)."""
+    sink = Sink()
+    playout = AudioPlayout(sink, lead_secs=0.0)
+    text = "one two three four five six seven eight nine ten"  # ~3.5 s at 14 chars/s
+    more = asyncio.Event()
+
+    async def chunks():
+        yield np.full(8_000, 1000, dtype="<i2")  # 0.5 s, then the provider is slow
+        await more.wait()
+        yield np.full(48_000, 1000, dtype="<i2")
+
+    task = asyncio.create_task(playout.play_stream(text, chunks()))
+    await asyncio.sleep(0.7)  # the first chunk has been played, the rest has not come
+    heard = playout.heard_text().split()
+    assert 1 <= len(heard) <= 2, heard
+    more.set()
+    await asyncio.sleep(0.3)
+    task.cancel()
+    # Now its whole length is known: ~1 s of 3.5 s played.
+    assert 2 <= len(playout.heard_text().split()) <= 4
+
+
 def test_a_transcript_without_a_word_is_empty():
     from parley.engines.stt_whisper import clean_transcript
 

@@ -147,10 +147,12 @@ class Sink:
         self.events.append(event)
 
     def send_audio(self, pcm: bytes) -> None:
-        pass
+        self.audio_bytes += len(pcm)
 
     def clear_audio(self) -> None:
         pass
+
+    audio_bytes = 0
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]
@@ -186,7 +188,7 @@ class Harness:
         engines = Engines(
             stt=self.stt,
             llm=self.llm,
-            tts=LongTTS(),
+            tts=engine_kw.get("tts", LongTTS()),
             vad=LevelVAD(),
             eou=self.eou,
             eou_text=engine_kw.get("eou_text"),
@@ -505,3 +507,37 @@ async def test_turn_identity_survives_dropped_turns_and_a_reconnect(
     assert [(s.turn_seq, s.text) for s in segments] == [(t.seq, t.user_text) for t in turns]
     ended = [e.turn_seq for e in await store.timeline(record.id) if e.stage == "turn.ended"]
     assert ended == [1, 2, 3, 4]
+
+
+class StreamingTTS(Gated):
+    """A streaming provider: a sentence's first 0.2 s at once, the rest (0.3 s, in an odd
+    number of samples) only when the test releases it."""
+
+    async def synthesize(self, text: str) -> AsyncIterator[np.ndarray]:
+        yield np.full(3_200, 3000, dtype="<i2")
+        await self.passing()
+        yield np.full(4_801, 3000, dtype="<i2")
+
+
+async def test_a_streamed_sentence_is_heard_from_its_first_chunk(
+    monkeypatch: Any, tmp_path: Any
+) -> None:
+    """The reply's first sentence starts playing with its first audio chunk, while the
+    provider is still synthesizing the rest; every sample it sends is played."""
+    tts = StreamingTTS()
+    tts.hold()
+    h = Harness(monkeypatch, tmp_path, tts=tts)
+    await h.session.start()
+    try:
+        await h.speak(3)
+        await until(lambda: h.sink.of("turn.metrics"))
+        assert h.session.state == "speaking"
+        assert h.sink.audio_bytes > 0  # frames of the first chunk are out...
+        assert h.sink.audio_bytes <= 3_200 * 2  # ...and nothing it has not been given
+        tts.release()
+        await until(lambda: h.session.state == "listening")
+        # Both chunks, the last partial frame padded to a whole one.
+        assert h.sink.audio_bytes == -(-(3_200 + 4_801) // 320) * 320 * 2
+        assert [e["text"] for e in h.sink.of("agent.text")] == ["Sure, here is a long answer."]
+    finally:
+        await h.session.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from parley.audio.pcm import FRAME_SAMPLES, SAMPLE_RATE
+from parley.engines.fallback_tts import DEFAULT_SECS_PER_CHAR
 from parley.voice.echo import EchoReference
 from parley.voice.events import SessionSink
 
@@ -19,17 +20,27 @@ FRAME_SECS = FRAME_SAMPLES / SAMPLE_RATE
 class PlayedSentence:
     text: str
     total_samples: int
+    """Its audio's length; while it still streams in, what has arrived so far."""
     played_samples: int = 0
     mark: str | None = None
     """The transport's mark after this sentence, where the transport has marks (a phone
     line): echoed once the listener has heard all of it."""
+    complete: bool = True
+    """Whether all its audio has arrived (a streamed sentence plays as it comes)."""
 
-    def heard_text(self) -> str:
-        """The words heard, pro rata to the audio played (word timing is not known)."""
-        if self.played_samples >= self.total_samples:
+    def heard_text(self, played: int | None = None) -> str:
+        """The words heard after ``played`` samples (default: all played so far), pro rata
+        to the audio (word timing is not known)."""
+        played = self.played_samples if played is None else played
+        total = self.total_samples
+        if not self.complete:
+            # Its length is not known yet: at least as long as the text at an ordinary
+            # pace, so a word is counted as heard late rather than early.
+            total = max(total, int(len(self.text) * DEFAULT_SECS_PER_CHAR * SAMPLE_RATE))
+        elif played >= total:
             return self.text
         words = self.text.split()
-        n = int(len(words) * self.played_samples / max(1, self.total_samples))
+        n = int(len(words) * min(played, total) / max(1, total))
         return " ".join(words[:n])
 
 
@@ -68,35 +79,53 @@ class AudioPlayout:
 
     async def play(self, text: str, audio: np.ndarray) -> None:
         """Play one sentence's audio; returns when its last frame has been sent."""
+        await self.play_stream(text, _whole(audio), total_samples=int(audio.size))
+
+    async def play_stream(
+        self, text: str, chunks: AsyncIterator[np.ndarray], total_samples: int | None = None
+    ) -> None:
+        """Play one sentence's audio as its chunks arrive (a streaming TTS's first chunk is
+        heard without waiting for the rest); returns when its last frame has been sent."""
         loop = asyncio.get_running_loop()
-        sentence = PlayedSentence(text, int(audio.size))
+        sentence = PlayedSentence(text, total_samples or 0, complete=total_samples is not None)
         self.sentences.append(sentence)
         # The previous sentence's last partial frame leaves with this one's first.
         lead_in = self._carry.size
         carried = self.sentences[-2] if lead_in and len(self.sentences) > 1 else None
-        pcm = np.concatenate([self._carry, audio.astype("<i2")])
-        n_frames = pcm.size // FRAME_SAMPLES
-        self._carry = pcm[n_frames * FRAME_SAMPLES :]
-        for i in range(n_frames):
-            now = loop.time()
-            if self._next_at is None or self._next_at < now:
-                # Start, or restart after a gap (the next sentence was late): no burst.
-                self._next_at = now
-            delay = self._next_at - self.lead_secs - now
-            if delay > 0:
-                await asyncio.sleep(delay)
-            self._send(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], loop.time())
-            if self.first_frame_at is None:
-                self.first_frame_at = loop.time()
-            if carried is not None:
-                # Its end went out in that frame: it was sent whole (else its last word
-                # would never count as heard).
-                carried.played_samples = carried.total_samples
-                carried = None
-            self._next_at += FRAME_SECS
-            sent = (i + 1) * FRAME_SAMPLES - lead_in
-            sentence.played_samples = min(sentence.total_samples, max(0, sent))
-        sentence.played_samples = max(0, sentence.total_samples - self._carry.size)
+        received = 0
+        frames_sent = 0
+        async for audio in chunks:
+            if not audio.size:
+                continue
+            received += int(audio.size)
+            if not sentence.complete:
+                sentence.total_samples = received
+            pcm = np.concatenate([self._carry, audio.astype("<i2")])
+            n_frames = pcm.size // FRAME_SAMPLES
+            self._carry = pcm[n_frames * FRAME_SAMPLES :]
+            for i in range(n_frames):
+                now = loop.time()
+                if self._next_at is None or self._next_at < now:
+                    # Start, or restart after a gap (the next audio was late): no burst.
+                    self._next_at = now
+                delay = self._next_at - self.lead_secs - now
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self._send(pcm[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES], loop.time())
+                if self.first_frame_at is None:
+                    self.first_frame_at = loop.time()
+                if carried is not None:
+                    # Its end went out in that frame: it was sent whole (else its last word
+                    # would never count as heard).
+                    carried.played_samples = carried.total_samples
+                    carried = None
+                self._next_at += FRAME_SECS
+                frames_sent += 1
+                sent = frames_sent * FRAME_SAMPLES - lead_in
+                sentence.played_samples = min(received, max(0, sent))
+        sentence.total_samples = received
+        sentence.complete = True
+        sentence.played_samples = max(0, received - self._carry.size)
         mark = getattr(self.sink, "mark", None)
         if mark is not None:
             sentence.mark = mark()
@@ -133,10 +162,7 @@ class AudioPlayout:
         for sentence in reversed(self.sentences):
             unheard = min(in_flight, sentence.played_samples)
             in_flight -= unheard
-            heard = PlayedSentence(
-                sentence.text, sentence.total_samples, sentence.played_samples - unheard
-            )
-            parts.append(heard.heard_text())
+            parts.append(sentence.heard_text(sentence.played_samples - unheard))
         return " ".join(p for p in reversed(parts) if p)
 
     def _heard_by_marks(self, played_at: Callable[[str], float | None]) -> str:
@@ -152,6 +178,10 @@ class AudioPlayout:
                 since = echoed
                 continue
             heard = min(sentence.played_samples, int(max(0.0, now - since) * SAMPLE_RATE))
-            parts.append(PlayedSentence(sentence.text, sentence.total_samples, heard).heard_text())
+            parts.append(sentence.heard_text(heard))
             break
         return " ".join(p for p in parts if p)
+
+
+async def _whole(audio: np.ndarray) -> AsyncIterator[np.ndarray]:
+    yield audio

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,18 +164,25 @@ async def run_reply(
             assert isinstance(text, str)
             if reply.metrics.tts_started is None:
                 reply.metrics.tts_started = _now()
-            parts: list[np.ndarray] = []
+            # The sentence goes to the speaker with its first audio, and its chunks follow
+            # as they come: a streaming TTS is heard after its first chunk, not its last.
+            chunks: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
+            heard_of = False
             stream = engines.tts.synthesize(text)
             try:
                 async for audio in stream:
+                    if not audio.size:
+                        continue
                     if reply.metrics.tts_first_audio is None:
                         reply.metrics.tts_first_audio = _now()
-                    parts.append(audio)
+                    if not heard_of:
+                        heard_of = True
+                        clips.put_nowait((text, chunks))
+                    chunks.put_nowait(audio)
             finally:
+                chunks.put_nowait(None)  # its end (also when it failed part-way)
                 reply.first_audio.set()  # the LLM may go on, whether this clip worked or not
                 await stream.aclose()  # type: ignore[attr-defined]
-            if parts:
-                clips.put_nowait((text, np.concatenate(parts)))
         reply.first_audio.set()
         clips.put_nowait(_DONE)
 
@@ -201,19 +208,25 @@ async def run_reply(
         while (clip := await next_clip()) is not _DONE:
             assert isinstance(clip, tuple)
             text: str = clip[0]
-            audio: np.ndarray = clip[1]
+            chunks: asyncio.Queue[np.ndarray | None] = clip[1]
             if not reply.started_speaking:
                 reply.started_speaking = True
                 on_speaking(reply)
             sink.send_event(event("agent.text", turn_id=reply.turn_id, text=text))
             reply.spoken.append(text)
-            await reply.playout.play(text, audio)
+            await reply.playout.play_stream(text, _until_end(chunks))
         await reply.playout.finish()
 
     async with asyncio.TaskGroup() as group:
         group.create_task(think())
         group.create_task(synthesize())
         group.create_task(speak())
+
+
+async def _until_end(chunks: asyncio.Queue[np.ndarray | None]) -> AsyncIterator[np.ndarray]:
+    """A sentence's audio chunks as synthesis hands them on, up to its end (None)."""
+    while (chunk := await chunks.get()) is not None:
+        yield chunk
 
 
 def unwrap_group_error(exc: BaseException) -> BaseException:
