@@ -12,11 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from parley.engines import device
+from parley.engines.batching import BatchingLane
 from parley.engines.lanes import InferenceLane
 from parley.engines.whisper_features import log_mel_features
 
 WINDOW_SECS = 8
 SAMPLE_RATE = 16_000
+MAX_BATCH = 4
 
 MODEL_NAME = "smart-turn-v3.2-cpu.onnx"
 # Copied byte for byte from the pipecat-ai 1.14.0 wheel (BSD-2-Clause, Daily; the licence
@@ -80,14 +82,23 @@ class SmartTurn:
             providers=device.onnx_providers(requested_device),
         )
         self._lane = InferenceLane("eou", 1, timeout=10.0)
+        # Sessions that pause at the same moment are scored in one inference: on one
+        # core a batch of two costs ~45 ms a turn against ~56 ms alone (AMD EPYC), and
+        # the second does not wait for the first's whole call. Four at most: a bigger
+        # batch saves nothing more per turn and makes its first turn wait longer.
+        self._batches: BatchingLane[np.ndarray, float] = BatchingLane(
+            self._lane, self._predict_batch, max_batch=MAX_BATCH
+        )
 
-    def _predict(self, audio: np.ndarray) -> float:
-        features = log_mel_features(last_window(audio.astype(np.float32)))
-        (out,) = self._session.run(None, {"input_features": features[None, :, :]})[:1]
-        return float(np.asarray(out).reshape(-1)[0])
+    def _predict_batch(self, audios: list[np.ndarray]) -> list[float]:
+        features = np.stack(
+            [log_mel_features(last_window(audio.astype(np.float32))) for audio in audios]
+        )
+        (out,) = self._session.run(None, {"input_features": features})[:1]
+        return [float(p) for p in np.asarray(out).reshape(len(audios), -1)[:, 0]]
 
     async def completion_probability(self, audio: np.ndarray) -> float:
-        return await self._lane.run(self._predict, audio)
+        return await self._batches.run(audio)
 
     def close(self) -> None:
         self._lane.shutdown()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import weakref
 from importlib import resources
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from parley.engines.batching import BatchingLane
 from parley.engines.lanes import InferenceLane
 
 WINDOW = 512  # samples at 16 kHz (32 ms): the window Silero v5/v6 is trained on
@@ -45,12 +45,13 @@ class SileroVAD:
         # They never stop (every window of every connection, speech or silence), so they
         # are not load that holds background work back.
         self._lane = InferenceLane("vad", 1, timeout=10.0, slow_secs=0.5, counts_as_load=False)
-        # Windows that arrive while the lane works wait here and then go to it together:
-        # one hop to the thread (and one back) for every session's window of that moment,
-        # and one inference over all of them (see :func:`batched_model`).
-        self._waiting: list[tuple[SileroStream, np.ndarray, asyncio.Future[float]]] = []
+        # Windows that arrive while the lane works wait and then go to it together: one
+        # hop to the thread (and one back) for every session's window of that moment, and
+        # one inference over all of them (see :func:`batched_model`).
+        self._batches: BatchingLane[tuple[SileroStream, np.ndarray], float] = BatchingLane(
+            self._lane, self._run_batch
+        )
         self._streams: weakref.WeakSet[SileroStream] = weakref.WeakSet()
-        self._draining: asyncio.Task[None] | None = None
 
     def stream(self) -> SileroStream:
         stream = SileroStream(self)
@@ -71,62 +72,26 @@ class SileroVAD:
         return float(out.reshape(-1)[0]), h, c
 
     async def _probability(self, stream: SileroStream, x: np.ndarray) -> float:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[float] = loop.create_future()
-        self._waiting.append((stream, x, future))
-        if self._draining is None:
-            self._draining = loop.create_task(self._drain())
-        return await future
+        return await self._batches.run((stream, x))
 
-    async def _drain(self) -> None:
-        """Run what waits, in batches, until nothing does."""
-        try:
-            while self._waiting:
-                # Let the windows of this event-loop turn join the batch first.
-                await asyncio.sleep(0)
-                batch, self._waiting = self._waiting, []
-                batch = [item for item in batch if not item[2].done()]
-                if not batch:
-                    continue
-                try:
-                    results = await self._lane.run(self._run_batch, batch)
-                except BaseException as exc:
-                    for _, _, future in batch:
-                        if future.done():
-                            continue
-                        if isinstance(exc, asyncio.CancelledError):
-                            future.cancel()
-                        else:
-                            future.set_exception(exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    continue
-                for (_, _, future), prob in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(prob)
-        finally:
-            self._draining = None
-
-    def _run_batch(
-        self, batch: list[tuple[SileroStream, np.ndarray, asyncio.Future[float]]]
-    ) -> list[float]:
+    def _run_batch(self, batch: list[tuple[SileroStream, np.ndarray]]) -> list[float]:
         # In the lane's thread; each stream has one window in flight at most (its audio
         # loop awaits it), so its state is not touched anywhere else meanwhile.
         if not self._batched:
             probs = []
-            for stream, x, _ in batch:
+            for stream, x in batch:
                 prob, stream._h, stream._c = self._run(x, stream._h, stream._c)
                 probs.append(prob)
             return probs
         out, h, c = self._session.run(
             None,
             {
-                "input": np.stack([x for _, x, _ in batch]),
-                "h": np.concatenate([stream._h for stream, _, _ in batch], axis=1),
-                "c": np.concatenate([stream._c for stream, _, _ in batch], axis=1),
+                "input": np.stack([x for _, x in batch]),
+                "h": np.concatenate([stream._h for stream, _ in batch], axis=1),
+                "c": np.concatenate([stream._c for stream, _ in batch], axis=1),
             },
         )
-        for i, (stream, _, _) in enumerate(batch):
+        for i, (stream, _) in enumerate(batch):
             # Copies: a view would keep the whole batch's state array alive per stream.
             stream._h = h[:, i : i + 1].copy()
             stream._c = c[:, i : i + 1].copy()

@@ -1,0 +1,82 @@
+"""Smart Turn scores the pauses of sessions that end at the same moment in one inference:
+each turn's probability is the one it gets alone, and a caller that gives up leaves."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from parley.engines.turn_smart import MAX_BATCH, SmartTurn
+from parley.testing import caller_speech
+
+
+@pytest.fixture(scope="module")
+def smart_turn() -> SmartTurn:
+    model = SmartTurn()
+    yield model
+    model.close()
+
+
+def _turns() -> list[np.ndarray]:
+    said = [
+        ("Could I get the vegetable curry please", "en-us"),
+        ("I'd like to move my booking to", "en-us+f3"),
+        ("What time do you open tomorrow", "en-us"),
+        ("Is it possible to", "en-us+f3"),
+        ("Cancel my order", "en-us"),
+        ("My account number is four two", "en-us+f3"),
+    ]
+    turns = []
+    for text, voice in said:
+        audio = caller_speech(text, voice=voice).astype(np.float32) / 32768
+        turns.append(np.concatenate([audio, np.zeros(4_000, dtype=np.float32)]))
+    return turns
+
+
+async def test_turns_scored_together_each_get_their_own_probability(
+    smart_turn: SmartTurn,
+) -> None:
+    turns = _turns()
+    alone = [await smart_turn.completion_probability(t) for t in turns]
+    sizes: list[int] = []
+    run_batch = smart_turn._batches._run_batch
+
+    def counted(batch: list[np.ndarray]) -> list[float]:
+        sizes.append(len(batch))
+        return run_batch(batch)
+
+    smart_turn._batches._run_batch = counted
+    try:
+        together = await asyncio.gather(*(smart_turn.completion_probability(t) for t in turns))
+    finally:
+        smart_turn._batches._run_batch = run_batch
+    # Six at one moment: batches of at most MAX_BATCH, fewer calls than turns.
+    assert sum(sizes) == len(turns) and max(sizes) <= MAX_BATCH and len(sizes) < len(turns)
+    assert together == pytest.approx(alone, abs=1e-4)
+    assert len({round(p, 3) for p in alone}) > 1  # the turns differ: a real comparison
+
+
+async def test_a_turn_whose_caller_gave_up_is_not_scored(smart_turn: SmartTurn) -> None:
+    turns = _turns()[:3]
+    scored: list[int] = []
+    run_batch = smart_turn._batches._run_batch
+
+    def counted(batch: list[np.ndarray]) -> list[float]:
+        scored.extend(a.size for a in batch)
+        return run_batch(batch)
+
+    smart_turn._batches._run_batch = counted
+    try:
+        first = asyncio.ensure_future(smart_turn.completion_probability(turns[0]))
+        await asyncio.sleep(0.001)  # the first is in the model now; the next two queue
+        given_up = asyncio.ensure_future(smart_turn.completion_probability(turns[1]))
+        kept = asyncio.ensure_future(smart_turn.completion_probability(turns[2]))
+        await asyncio.sleep(0)
+        given_up.cancel()
+        await asyncio.gather(first, kept)
+    finally:
+        smart_turn._batches._run_batch = run_batch
+    assert given_up.cancelled()
+    assert turns[1].size not in scored and turns[2].size in scored
