@@ -147,6 +147,15 @@ async def measure_step(
         "server_stage_p95_ms": stages_p95,
         "timeline_p50_ms": timeline_medians(turns),
         "slowest_tenth_timeline_p50_ms": timeline_medians(slow),
+        "slowest_tenth": [
+            {
+                "said": t.said,
+                "beyond_silence_ms": t.beyond_silence_ms,
+                "eou_delay": t.eou_delay,
+                "timeline_ms": (t.stages or {}).get("timeline_ms"),
+            }
+            for t in sorted(slow, key=lambda t: -(t.beyond_silence_ms or 0.0))
+        ],
         # Over the measuring window only; the reply wait after it is not counted.
         "cpu_percent_of_one_core": {
             name: round(100 * secs / (elapsed + TURN_TIMEOUT_S), 1) for name, secs in cpu.items()
