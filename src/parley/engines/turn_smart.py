@@ -18,7 +18,7 @@ from parley.engines.whisper_features import log_mel_features
 
 WINDOW_SECS = 8
 SAMPLE_RATE = 16_000
-MAX_BATCH = 4
+MAX_BATCH = 2
 
 MODEL_NAME = "smart-turn-v3.2-cpu.onnx"
 # Copied byte for byte from the pipecat-ai 1.14.0 wheel (BSD-2-Clause, Daily; the licence
@@ -84,8 +84,9 @@ class SmartTurn:
         self._lane = InferenceLane("eou", 1, timeout=10.0)
         # Sessions that pause at the same moment are scored in one inference: on one
         # core a batch of two costs ~45 ms a turn against ~56 ms alone (AMD EPYC), and
-        # the second does not wait for the first's whole call. Four at most: a bigger
-        # batch saves nothing more per turn and makes its first turn wait longer.
+        # the second does not wait for the first's whole call. Two at most: four save
+        # nothing more per turn (45 ms), make the batch's first turn wait for all four,
+        # and grow onnxruntime's memory arena by ~40 MB more.
         self._batches: BatchingLane[np.ndarray, float] = BatchingLane(
             self._lane, self._predict_batch, max_batch=MAX_BATCH
         )
