@@ -80,3 +80,32 @@ async def test_a_turn_whose_caller_gave_up_is_not_scored(smart_turn: SmartTurn) 
         smart_turn._batches._run_batch = run_batch
     assert given_up.cancelled()
     assert turns[1].size not in scored and turns[2].size in scored
+
+
+async def test_calls_left_waiting_when_the_drain_stops_are_cancelled_not_stranded() -> None:
+    """Batches of one: the second and third calls wait behind the first. If the drain is
+    stopped then (the lane shut down, the loop closing), they are cancelled, not left
+    waiting forever for a drain that will not come."""
+    import threading
+
+    from parley.engines.batching import BatchingLane
+    from parley.engines.lanes import InferenceLane
+
+    release = threading.Event()
+
+    def run_batch(items: list[int]) -> list[int]:
+        release.wait(5)
+        return items
+
+    lane = InferenceLane("test-batching", 1)
+    batches: BatchingLane[int, int] = BatchingLane(lane, run_batch, max_batch=1)
+    calls = [asyncio.ensure_future(batches.run(n)) for n in range(3)]
+    await asyncio.sleep(0.01)
+    assert batches.waiting == 2
+    drain = batches._draining
+    assert drain is not None
+    drain.cancel()
+    release.set()
+    await asyncio.wait(calls, timeout=2)  # a bound for a failing test, not a timing assumption
+    assert all(c.cancelled() for c in calls)
+    lane.shutdown()

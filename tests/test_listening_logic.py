@@ -119,3 +119,14 @@ def test_a_transcript_without_a_word_is_empty():
     assert clean_transcript("[Music] ♪") == ""
     assert clean_transcript(" Hello, there.") == "Hello, there."
     assert clean_transcript("7.") == "7."
+
+
+def test_a_sentence_still_streaming_in_never_counts_its_last_word_heard():
+    """A voice slower than the estimate: all 2 s that arrived were played, and the
+    sentence (4 s in truth) still streams in; its last word cannot have been heard."""
+    from parley.voice.playout import PlayedSentence
+
+    arriving = PlayedSentence("Hello there my good friend", 32_000, 32_000, complete=False)
+    assert arriving.heard_text() == "Hello there my good"
+    arrived = PlayedSentence("Hello there my good friend", 32_000, 32_000)
+    assert arrived.heard_text() == "Hello there my good friend"

@@ -80,3 +80,9 @@ class BatchingLane(Generic[I, R]):
                         future.set_result(result)
         finally:
             self._draining = None
+            # Stopped (the lane shut down, the loop closing): whoever still waits is
+            # told so rather than left waiting for a drain that will not come.
+            stranded, self._waiting = self._waiting, []
+            for _, future in stranded:
+                if not future.done():
+                    future.cancel()

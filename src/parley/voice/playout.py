@@ -41,6 +41,10 @@ class PlayedSentence:
             return self.text
         words = self.text.split()
         n = int(len(words) * min(played, total) / max(1, total))
+        if not self.complete:
+            # A slower voice than the estimate outruns it: the last word is only heard
+            # once the sentence's whole audio is in and played.
+            n = min(n, len(words) - 1)
         return " ".join(words[:n])
 
 

@@ -30,6 +30,7 @@ class TurnEnding(SessionCore):
         # two cores the end-of-turn models beside it would slow it; this only gates playback.
         await turn.transcribed()
         started = turn.marks["eou_started"] = self._now()
+        turn.marks.pop("audio_scored", None)  # an earlier pause's, in this decision's place
         evidence = await self._end_of_turn_evidence(turn)
         turn.marks["eou_done"] = self._now()
         turn.eou_model_ms = (turn.marks["eou_done"] - started) * 1000
@@ -100,7 +101,8 @@ class TurnEnding(SessionCore):
             return None
         try:
             p = await model.completion_probability(text)
-            turn.marks["words_scored"] = self._now()  # the latest text's, on the timeline
+            if turn.text_scores.get(text) is asyncio.current_task():
+                turn.marks["words_scored"] = self._now()  # the latest text's only
             return p
         except Exception as exc:
             # The words' model is an extra signal: without it the audio rule decides.
