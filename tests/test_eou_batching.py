@@ -4,6 +4,8 @@ each turn's probability is the one it gets alone, and a caller that gives up lea
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -35,23 +37,31 @@ def _turns() -> list[np.ndarray]:
     return turns
 
 
+@contextlib.contextmanager
+def batches_run(smart_turn: SmartTurn) -> Iterator[list[list[np.ndarray]]]:
+    """Every batch the model runs meanwhile, as it runs it."""
+    batches: list[list[np.ndarray]] = []
+    run_batch = smart_turn._batches._run_batch
+
+    def recorded(batch: list[np.ndarray]) -> list[float]:
+        batches.append(batch)
+        return run_batch(batch)
+
+    smart_turn._batches._run_batch = recorded
+    try:
+        yield batches
+    finally:
+        smart_turn._batches._run_batch = run_batch
+
+
 async def test_turns_scored_together_each_get_their_own_probability(
     smart_turn: SmartTurn,
 ) -> None:
     turns = _turns()
     alone = [await smart_turn.completion_probability(t) for t in turns]
-    sizes: list[int] = []
-    run_batch = smart_turn._batches._run_batch
-
-    def counted(batch: list[np.ndarray]) -> list[float]:
-        sizes.append(len(batch))
-        return run_batch(batch)
-
-    smart_turn._batches._run_batch = counted
-    try:
+    with batches_run(smart_turn) as batches:
         together = await asyncio.gather(*(smart_turn.completion_probability(t) for t in turns))
-    finally:
-        smart_turn._batches._run_batch = run_batch
+    sizes = [len(batch) for batch in batches]
     # Six at one moment: batches of at most MAX_BATCH, fewer calls than turns.
     assert sum(sizes) == len(turns) and max(sizes) <= MAX_BATCH and len(sizes) < len(turns)
     assert together == pytest.approx(alone, abs=1e-4)
@@ -60,15 +70,7 @@ async def test_turns_scored_together_each_get_their_own_probability(
 
 async def test_a_turn_whose_caller_gave_up_is_not_scored(smart_turn: SmartTurn) -> None:
     turns = _turns()[:3]
-    scored: list[int] = []
-    run_batch = smart_turn._batches._run_batch
-
-    def counted(batch: list[np.ndarray]) -> list[float]:
-        scored.extend(a.size for a in batch)
-        return run_batch(batch)
-
-    smart_turn._batches._run_batch = counted
-    try:
+    with batches_run(smart_turn) as batches:
         first = asyncio.ensure_future(smart_turn.completion_probability(turns[0]))
         await asyncio.sleep(0.001)  # the first is in the model now; the next two queue
         given_up = asyncio.ensure_future(smart_turn.completion_probability(turns[1]))
@@ -76,8 +78,7 @@ async def test_a_turn_whose_caller_gave_up_is_not_scored(smart_turn: SmartTurn) 
         await asyncio.sleep(0)
         given_up.cancel()
         await asyncio.gather(first, kept)
-    finally:
-        smart_turn._batches._run_batch = run_batch
+    scored = [audio.size for batch in batches for audio in batch]
     assert given_up.cancelled()
     assert turns[1].size not in scored and turns[2].size in scored
 

@@ -142,6 +142,7 @@ class LongTTS:
 class Sink:
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
+        self.audio_bytes = 0
 
     def send_event(self, event: dict[str, Any]) -> None:
         self.events.append(event)
@@ -151,8 +152,6 @@ class Sink:
 
     def clear_audio(self) -> None:
         pass
-
-    audio_bytes = 0
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]
