@@ -208,3 +208,66 @@ async def test_text_model_uses_every_core_only_while_sessions_are_few(text_model
     many = await text_model.completion_probability(text)
     assert text_model._threads == 1
     assert many == pytest.approx(few, abs=1e-3)
+
+
+def _count_evaluated(model, monkeypatch) -> list[int]:
+    """Record how many tokens each call of the model evaluates (verdicts and read-aheads)."""
+    counts: list[int] = []
+    llm = model._llm
+    eval_with_logits = llm.eval
+    eval_without = model._eval_without_logits
+
+    def counted_eval(tokens):
+        counts.append(len(tokens))
+        return eval_with_logits(tokens)
+
+    def counted_without(tokens):
+        counts.append(len(tokens))
+        return eval_without(tokens)
+
+    monkeypatch.setattr(llm, "eval", counted_eval)
+    monkeypatch.setattr(model, "_eval_without_logits", counted_without)
+    return counts
+
+
+async def test_words_read_ahead_give_the_same_verdict_and_leave_only_the_rest_to_read(
+    text_model, monkeypatch
+):
+    """A caller's partial transcript read ahead is kept for them, also while other callers'
+    words pass through the model: the verdict when they stop reads only the words since,
+    and is the verdict a fresh read of every word gives."""
+    whole = "Could I get the vegetable curry please with some rice and a mango lassi."
+    alone = await text_model.completion_probability(whole)
+    await text_model.completion_probability("Something else entirely, to clear the cache")
+    counts = _count_evaluated(text_model, monkeypatch)
+    await text_model.completion_probability(whole)  # no caller: every word read again
+    read_alone = counts.pop()
+
+    await text_model.read_ahead("Could I get the vegetable", "caller-a")
+    await text_model.completion_probability("When will my refund show up?", "caller-b")
+    await text_model.read_ahead("Could I get the vegetable curry please with some", "caller-a")
+    await text_model.completion_probability("I need to reset my password.", "caller-b")
+    counts.clear()
+    ahead = await text_model.completion_probability(whole, "caller-a")
+    assert ahead == pytest.approx(alone, abs=1e-4)
+    assert len(counts) == 1 and counts[0] < read_alone / 2, (counts, read_alone)
+
+    text_model.forget("caller-a")
+    await text_model.completion_probability("Another caller's words.", "caller-b")
+    counts.clear()
+    again = await text_model.completion_probability(whole, "caller-a")
+    assert counts == [read_alone] and again == pytest.approx(alone, abs=1e-4)
+    text_model.forget("caller-a")
+    text_model.forget("caller-b")
+
+
+async def test_the_words_kept_for_callers_are_bounded(text_model, monkeypatch):
+    from parley.engines import turn_text
+
+    monkeypatch.setattr(turn_text, "MAX_SAVED_CALLERS", 3)
+    for n in range(5):
+        await text_model.read_ahead(f"Caller number {n} would like", f"caller-{n}")
+    assert list(text_model._saved) == ["caller-2", "caller-3", "caller-4"]
+    for n in range(5):
+        text_model.forget(f"caller-{n}")
+    assert not text_model._saved

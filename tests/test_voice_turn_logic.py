@@ -381,6 +381,54 @@ async def test_a_stale_words_verdict_is_dropped_when_speech_resumes(
         await h.session.close()
 
 
+class ReadingTextEOU:
+    """A words' model that reads ahead (engines.base.TextReadAhead): what it was asked."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, str, str | None]] = []
+
+    async def completion_probability(self, user_text: str, caller: str | None = None) -> float:
+        self.log.append(("verdict", user_text, caller))
+        return 0.9
+
+    async def read_ahead(self, user_text: str, caller: str) -> None:
+        self.log.append(("read", user_text, caller))
+
+    def forget(self, caller: str) -> None:
+        self.log.append(("forget", "", caller))
+
+
+async def test_the_words_are_read_ahead_from_partials_and_forgotten_when_the_turn_ends(
+    monkeypatch: Any, tmp_path: Any
+) -> None:
+    """Each partial transcript of the turn is read ahead under the session's name; the
+    verdict when the caller stops names the session too (so only the words since are
+    read), and what was read is dropped once the turn ends, and at close."""
+    words = ReadingTextEOU()
+    h = Harness(monkeypatch, tmp_path, eou_text=words)
+    h.settings.stt.partials = True
+    h.settings.stt.partial_interval = 0.1
+    me = h.session.session_id
+    await h.session.start()
+    try:
+        await h.feed(3, 10)  # "hello there", partials while it lasts
+        assert ("read", "hello there", me) in words.log
+        assert all(kind == "read" for kind, _, _ in words.log)
+        await h.feed(0, 12)
+        await until(lambda: h.sink.of("turn.ended"))
+        kinds = [kind for kind, _, _ in words.log]
+        assert ("verdict", "hello there", me) in words.log
+        assert kinds.index("verdict") < kinds.index("forget")
+        assert h.sink.of("turn.ended")[0]["eou_text_probability"] == 0.9
+        h.settings.turn.text_read_ahead = False
+        words.log.clear()
+        await h.feed(5, 10)  # read-ahead off: partials are not read
+        assert not [entry for entry in words.log if entry[0] == "read"]
+    finally:
+        await h.session.close()
+    assert words.log[-1] == ("forget", "", me)
+
+
 async def test_a_failed_draft_reports_no_error_and_the_turn_is_answered(
     monkeypatch: Any, tmp_path: Any
 ) -> None:

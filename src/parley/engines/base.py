@@ -121,3 +121,19 @@ class TextEndOfTurnModel(Protocol):
     async def completion_probability(self, user_text: str) -> float:
         """Probability that the user's message is whole after ``user_text``."""
         ...
+
+
+@runtime_checkable
+class TextReadAhead(Protocol):
+    """A words' end-of-turn model that reads a caller's words while they still speak, so
+    that its verdict when they stop reads only the words since."""
+
+    async def completion_probability(self, user_text: str, caller: str | None = None) -> float: ...
+
+    async def read_ahead(self, user_text: str, caller: str) -> None:
+        """Read ``caller``'s words so far, behind every verdict someone waits for."""
+        ...
+
+    def forget(self, caller: str) -> None:
+        """Drop what was read of ``caller``'s words."""
+        ...

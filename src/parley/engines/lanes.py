@@ -15,9 +15,10 @@ import functools
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from parley.engines.urgent_first import BACKGROUND, URGENT, UrgentFirstExecutor
 from parley.telemetry import get_logger
 
 P = ParamSpec("P")
@@ -42,6 +43,7 @@ class InferenceLane:
         timeout: float | None = None,
         slow_secs: float = 2.0,
         counts_as_load: bool = True,
+        urgent_first: bool = False,
     ) -> None:
         self.name = name
         self.counts_as_load = counts_as_load
@@ -49,7 +51,14 @@ class InferenceLane:
         self.concurrency = concurrency
         self.timeout = timeout
         self.slow_secs = slow_secs
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=name)
+        self._executor: Executor
+        if urgent_first:
+            if concurrency != 1:
+                raise ValueError("an urgent-first lane has one worker")
+            # run_in_background's calls wait behind every run call (urgent_first.py).
+            self._executor = UrgentFirstExecutor(name)
+        else:
+            self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=name)
         self._pending = 0
         self._running = 0
         _LANES.add(self)
@@ -74,12 +83,21 @@ class InferenceLane:
             self._running -= 1
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
+        return await self._run(URGENT, functools.partial(fn, *args, **kwargs))
+
+    async def run_in_background(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """As :meth:`run`, but on an ``urgent_first`` lane the call waits behind every
+        call :meth:`run` queues, even those queued after it."""
+        return await self._run(BACKGROUND, functools.partial(fn, *args, **kwargs))
+
+    async def _run(self, rank: int, call: Callable[[], T]) -> T:
         self._pending += 1
         started = time.monotonic()
-        future = loop.run_in_executor(
-            self._executor, self._call, functools.partial(fn, *args, **kwargs)
-        )
+        if isinstance(self._executor, UrgentFirstExecutor):
+            submitted = self._executor.submit_at(rank, self._call, call)
+        else:
+            submitted = self._executor.submit(self._call, call)
+        future = asyncio.wrap_future(submitted)
         try:
             if self.timeout is None:
                 return await future
@@ -93,8 +111,10 @@ class InferenceLane:
                 future.cancel()
                 raise
             except TimeoutError:
+                ran = submitted.running() or submitted.done()
                 future.cancel()  # still queued behind a stuck call: never run it late
-                log.error("inference call stuck", lane=self.name, seconds=self.timeout)
+                if rank == URGENT or ran:
+                    log.error("inference call stuck", lane=self.name, seconds=self.timeout)
                 raise
         finally:
             self._pending -= 1

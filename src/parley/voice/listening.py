@@ -168,8 +168,10 @@ class Listening(SessionCore):
         except EngineError:
             return  # a lost partial is harmless; the final reports errors
         if result.text and not seg.stopped and not seg.overlap:
-            if self._turn is not None:
-                self._turn.marks.setdefault("first_partial", self._now())
+            turn = self._turn
+            if turn is not None:
+                turn.marks.setdefault("first_partial", self._now())
+            self._read_ahead(turn.text_with(seg.index, result.text) if turn else result.text)
             self.sink.send_event(
                 event(
                     "transcript.partial",

@@ -225,6 +225,7 @@ class VoiceSession(
             self._turn_count = turn.turn_id
             self._record_turn(turn)
         self._closed = True
+        self._forget_words_read()
         if self._unwatch is not None:
             self._unwatch()
         tasks = [t for t in (self._audio_task, self._endpoint) if t is not None]

@@ -86,6 +86,8 @@ class SessionCore:
         """Confirmed turns (restored ones included): the last turn number given out."""
         self._reply: Reply | None = None
         self._endpoint: asyncio.Task[None] | None = None
+        self._reading_ahead: asyncio.Task[None] | None = None
+        """The words' model reading a partial transcript ahead (turn_ending.py)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._muted = False
         self._closed = False
@@ -180,6 +182,12 @@ class SessionCore:
         raise NotImplementedError
 
     def _preempt(self, turn: UserTurn, text: str) -> None:
+        raise NotImplementedError
+
+    def _read_ahead(self, text: str) -> None:
+        raise NotImplementedError
+
+    def _forget_words_read(self) -> None:
         raise NotImplementedError
 
     def _keep_for_revision(self, turn: UserTurn, seg: Segment) -> None:

@@ -7,6 +7,7 @@ import asyncio
 
 import numpy as np
 
+from parley.engines.base import TextReadAhead
 from parley.telemetry import get_logger
 from parley.voice.endpointing import (
     EndOfTurnEvidence,
@@ -100,7 +101,11 @@ class TurnEnding(SessionCore):
         if model is None or not text or not words_matter(text, self.settings.turn):
             return None
         try:
-            p = await model.completion_probability(text)
+            if isinstance(model, TextReadAhead):
+                self._stop_reading_ahead()  # older words than these: nobody needs them now
+                p = await model.completion_probability(text, caller=self.session_id)
+            else:
+                p = await model.completion_probability(text)
             if turn.text_scores.get(text) is asyncio.current_task():
                 turn.marks["words_scored"] = self._now()  # the latest text's only
             return p
@@ -108,6 +113,35 @@ class TurnEnding(SessionCore):
             # The words' model is an extra signal: without it the audio rule decides.
             log.warning("text end-of-turn failed", error=repr(exc))
             return None
+
+    def _read_ahead(self, text: str) -> None:
+        """Let the words' model read ``text`` (a partial transcript of the turn) while the
+        caller still speaks: its verdict when they stop then reads only the words since."""
+        model = self.engines.eou_text
+        if not text or not self.settings.turn.text_read_ahead:
+            return
+        if not isinstance(model, TextReadAhead):
+            return
+        self._stop_reading_ahead()  # one at a time: only the newest words are worth reading
+        self._reading_ahead = self._spawn(self._read_words(model, text))
+
+    async def _read_words(self, model: TextReadAhead, text: str) -> None:
+        try:
+            await model.read_ahead(text, self.session_id)
+        except Exception as exc:
+            # Only a head start is lost: the verdict reads the words itself.
+            log.debug("text read-ahead failed", error=repr(exc))
+
+    def _stop_reading_ahead(self) -> None:
+        if self._reading_ahead is not None:
+            self._reading_ahead.cancel()  # queued, it is dropped; running, it finishes
+            self._reading_ahead = None
+
+    def _forget_words_read(self) -> None:
+        self._stop_reading_ahead()
+        model = self.engines.eou_text
+        if isinstance(model, TextReadAhead):
+            model.forget(self.session_id)
 
     def _preempt(self, turn: UserTurn, text: str) -> None:
         """Draft the reply to ``text`` while the end-of-turn decision is pending."""
@@ -133,6 +167,7 @@ class TurnEnding(SessionCore):
             return
         self._turn_count = turn.turn_id
         turn.confirmed_at = turn.marks["confirmed"] = self._now()
+        self._forget_words_read()  # the next turn's words begin afresh
         self.sink.send_event(
             event(
                 "turn.ended",
