@@ -249,22 +249,41 @@ async def test_words_read_ahead_give_the_same_verdict_and_leave_only_the_rest_to
     await text_model.completion_probability("I need to reset my password.", "caller-b")
     counts.clear()
     ahead = await text_model.completion_probability(whole, "caller-a")
-    assert ahead == pytest.approx(alone, abs=1e-4)
+    assert ahead == pytest.approx(alone, abs=1e-3)
     assert len(counts) == 1 and counts[0] < read_alone / 2, (counts, read_alone)
 
     text_model.forget("caller-a")
     await text_model.completion_probability("Another caller's words.", "caller-b")
     counts.clear()
     again = await text_model.completion_probability(whole, "caller-a")
-    assert counts == [read_alone] and again == pytest.approx(alone, abs=1e-4)
+    assert counts == [read_alone] and again == pytest.approx(alone, abs=1e-3)
     text_model.forget("caller-a")
     text_model.forget("caller-b")
+
+
+async def test_words_forgotten_while_their_call_runs_are_not_kept(text_model, monkeypatch):
+    """The session closed (or its turn ended) while the lane's thread read its words: what
+    that call read is not kept for it afterwards."""
+    evaluate = text_model._eval_without_logits
+
+    def forgotten_meanwhile(tokens):
+        evaluate(tokens)
+        text_model.forget("caller-gone")  # as the event loop would, while this runs
+
+    monkeypatch.setattr(text_model, "_eval_without_logits", forgotten_meanwhile)
+    await text_model.read_ahead("I'd like to move my booking to", "caller-gone")
+    assert "caller-gone" not in text_model._saved
+    monkeypatch.setattr(text_model, "_eval_without_logits", evaluate)
+    await text_model.read_ahead("I'd like to move my booking to", "caller-kept")
+    assert "caller-kept" in text_model._saved
+    text_model.forget("caller-kept")
 
 
 async def test_the_words_kept_for_callers_are_bounded(text_model, monkeypatch):
     from parley.engines import turn_text
 
     monkeypatch.setattr(turn_text, "MAX_SAVED_CALLERS", 3)
+    text_model._saved.clear()
     for n in range(5):
         await text_model.read_ahead(f"Caller number {n} would like", f"caller-{n}")
     assert list(text_model._saved) == ["caller-2", "caller-3", "caller-4"]

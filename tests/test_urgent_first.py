@@ -46,9 +46,9 @@ def test_a_call_cancelled_while_queued_never_runs_and_errors_reach_the_caller() 
         first.result(timeout=5)
         with pytest.raises(ZeroDivisionError):
             failing.result(timeout=5)
-        assert ran == []
     finally:
-        executor.shutdown()
+        executor.shutdown(wait=True)  # the queue is empty once its worker has stopped
+    assert ran == []
 
 
 def test_shutdown_cancels_what_is_queued_and_refuses_new_calls() -> None:

@@ -408,10 +408,14 @@ async def test_the_words_are_read_ahead_from_partials_and_forgotten_when_the_tur
     h = Harness(monkeypatch, tmp_path, eou_text=words)
     h.settings.stt.partials = True
     h.settings.stt.partial_interval = 0.1
+    h.settings.turn.text_read_ahead = False
     me = h.session.session_id
     await h.session.start()
     try:
-        await h.feed(3, 10)  # "hello there", partials while it lasts
+        await h.feed(3, 6)  # "hello there": partials, but read-ahead is off
+        assert h.sink.of("transcript.partial") and words.log == []
+        h.settings.turn.text_read_ahead = True
+        await h.feed(3, 6)  # the same speech goes on: its next partials are read
         assert ("read", "hello there", me) in words.log
         assert all(kind == "read" for kind, _, _ in words.log)
         await h.feed(0, 12)
@@ -420,10 +424,6 @@ async def test_the_words_are_read_ahead_from_partials_and_forgotten_when_the_tur
         assert ("verdict", "hello there", me) in words.log
         assert kinds.index("verdict") < kinds.index("forget")
         assert h.sink.of("turn.ended")[0]["eou_text_probability"] == 0.9
-        h.settings.turn.text_read_ahead = False
-        words.log.clear()
-        await h.feed(5, 10)  # read-ahead off: partials are not read
-        assert not [entry for entry in words.log if entry[0] == "read"]
     finally:
         await h.session.close()
     assert words.log[-1] == ("forget", "", me)

@@ -91,12 +91,12 @@ class InferenceLane:
         return await self._run(BACKGROUND, functools.partial(fn, *args, **kwargs))
 
     async def _run(self, rank: int, call: Callable[[], T]) -> T:
-        self._pending += 1
-        started = time.monotonic()
         if isinstance(self._executor, UrgentFirstExecutor):
             submitted = self._executor.submit_at(rank, self._call, call)
         else:
             submitted = self._executor.submit(self._call, call)
+        self._pending += 1  # after submit: one refused (a shut-down lane) is never counted
+        started = time.monotonic()
         future = asyncio.wrap_future(submitted)
         try:
             if self.timeout is None:

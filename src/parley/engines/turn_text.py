@@ -21,7 +21,8 @@ beyond: see ``_batch_threads``).
 
 A caller's words can be read ahead, while they still speak (``read_ahead``, on each partial
 transcript): their tokens are evaluated then, behind every verdict another caller waits for,
-and the context's state for that caller is kept (``_SavedWords``, ~23 KB a token). When they
+and the context's state for that caller is kept (``_SavedWords``, ~23 KB a token, ~1 MB
+for a sentence). When they
 stop, the verdict reads only the words since (a call of 12 + 6 ms a token on one core, so
 ~30 ms instead of ~90 for a dozen tokens), at the moment every session on the worker may be
 asking at once.
@@ -32,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import math
 import re
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -110,6 +112,9 @@ class TextTurnDetector:
         # Urgent first: a read-ahead never delays a verdict someone waits for.
         self._lane = InferenceLane("eou-text", 1, timeout=5.0, urgent_first=True)
         self._saved: OrderedDict[str, _SavedWords] = OrderedDict()
+        self._saved_lock = threading.Lock()
+        self._reading_for: str | None = None  # the caller of the call the lane runs now
+        self._forgotten = False  # ...whose words were forgotten while it ran
         self._live_sessions = live_sessions
         self._cores = device.cpu_count()
         self._threads = 1
@@ -144,8 +149,12 @@ class TextTurnDetector:
             raise EngineError(f"text end-of-turn read-ahead failed: {exc}") from exc
 
     def forget(self, caller: str) -> None:
-        """Drop ``caller``'s kept words (their turn ended, or their session)."""
-        self._saved.pop(caller, None)
+        """Drop ``caller``'s kept words (their turn ended, or their session). A call of
+        theirs that the lane's thread is running now keeps nothing either."""
+        with self._saved_lock:
+            self._saved.pop(caller, None)
+            if self._reading_for == caller:
+                self._forgotten = True
 
     def _score(self, text: str, threads: int = 1, caller: str | None = None) -> float:
         llm: Any = self._llm
@@ -174,6 +183,8 @@ class TextTurnDetector:
         (the template's prefix, and the words already read): for a verdict, at least the
         last token, whose logits are needed."""
         llm: Any = self._llm
+        with self._saved_lock:
+            self._reading_for, self._forgotten = caller, False
         if caller is not None:
             self._resume(caller, tokens)
         common = _common_length(llm.input_ids[: llm.n_tokens], tokens)
@@ -218,10 +229,10 @@ class TextTurnDetector:
 
     def _keep(self, caller: str, tokens: list[int]) -> None:
         """Keep the context's state as ``caller``'s, most recent last. (Runs on the lane's
-        thread while ``forget`` runs on the event loop: only single dict operations.)"""
+        thread, ``forget`` on the event loop: ``_saved_lock`` orders them.)"""
         llm: Any = self._llm
         held = tokens[: llm.n_tokens]
-        saved = self._saved.pop(caller, None)
+        saved = self._saved.get(caller)
         if saved is None or saved.tokens != held:
             ctx = llm._ctx.ctx
             size = self._state_size(ctx, 0)
@@ -229,9 +240,13 @@ class TextTurnDetector:
             if self._save_state(ctx, state, size, 0) != size:
                 return
             saved = _SavedWords(held, state)
-        self._saved[caller] = saved
-        while len(self._saved) > MAX_SAVED_CALLERS:
-            self._saved.popitem(last=False)
+        with self._saved_lock:
+            if self._forgotten:
+                return  # forgotten while this call ran (the session closed, or its turn ended)
+            self._saved[caller] = saved
+            self._saved.move_to_end(caller)
+            while len(self._saved) > MAX_SAVED_CALLERS:
+                self._saved.popitem(last=False)
 
     def _batch_threads(self) -> int:
         """Threads for this call's batch of new tokens (a dozen, evaluated at once).

@@ -50,10 +50,11 @@ class UrgentFirstExecutor(Executor):
             if self._thread is None:
                 # Daemon: a call stuck in native code must not keep the process from exiting
                 # (the lane has already reported it as stuck).
-                self._thread = threading.Thread(
+                thread = threading.Thread(
                     target=self._work, name=f"{self._thread_name}_0", daemon=True
                 )
-                self._thread.start()
+                thread.start()
+                self._thread = thread  # only once it runs: a failed start is tried again
             self._wakeup.notify()
         return future
 
