@@ -144,7 +144,9 @@ class TextTurnDetector:
         if not text:
             return
         try:
-            await self._lane.run_in_background(self._read, text, self._batch_threads(), caller)
+            # One thread: it is nobody's wait, and on a machine with few sessions (the
+            # embedded models) the other core is Whisper's, decoding the next partial.
+            await self._lane.run_in_background(self._read, text, 1, caller)
         except Exception as exc:
             raise EngineError(f"text end-of-turn read-ahead failed: {exc}") from exc
 
