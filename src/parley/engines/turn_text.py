@@ -188,8 +188,9 @@ class TextTurnDetector:
         with self._saved_lock:
             self._reading_for, self._forgotten = caller, False
         if caller is not None:
-            self._resume(caller, tokens)
-        common = _common_length(llm.input_ids[: llm.n_tokens], tokens)
+            common = self._resume(caller, tokens)
+        else:
+            common = _common_length(llm.input_ids[: llm.n_tokens], tokens)
         llm.n_tokens = min(common, len(tokens) - 1) if logits else common
         if threads != self._threads:
             self._set_threads(llm._ctx.ctx, 1, threads)
@@ -200,7 +201,7 @@ class TextTurnDetector:
         elif new:
             self._eval_without_logits(new)
         if caller is not None:
-            self._keep(caller, tokens)
+            self._keep(caller, tokens)  # the context now holds every one of ``tokens``
 
     def _eval_without_logits(self, new: list[int]) -> None:
         """``llm.eval`` without the output layer (~5 ms on one core): a read-ahead
@@ -214,34 +215,38 @@ class TextTurnDetector:
         llm.input_ids[n_past : n_past + len(new)] = new
         llm.n_tokens = n_past + len(new)
 
-    def _resume(self, caller: str, tokens: list[int]) -> None:
+    def _resume(self, caller: str, tokens: list[int]) -> int:
         """Load ``caller``'s kept words into the context, unless what it holds now (their
-        own words, or another caller's that share the template) serves as well."""
+        own words, or another caller's that share the template) serves as well; how many
+        of ``tokens`` it then holds."""
         llm: Any = self._llm
         saved = self._saved.get(caller)
         here = _common_length(llm.input_ids[: llm.n_tokens], tokens)
-        if saved is None or _common_length(saved.tokens, tokens) <= here:
-            return
+        if saved is None:
+            return here
+        kept = _common_length(saved.tokens, tokens)
+        if kept <= here:
+            return here
         llm._ctx.kv_cache_seq_rm(-1, 0, -1)
         if self._set_state(llm._ctx.ctx, saved.state, len(saved.state), 0) == 0:
             llm.n_tokens = 0  # not loaded: everything is read again (correct, slower)
-        else:
-            llm.input_ids[: len(saved.tokens)] = saved.tokens
-            llm.n_tokens = len(saved.tokens)
+            return 0
+        llm.input_ids[: len(saved.tokens)] = saved.tokens
+        llm.n_tokens = len(saved.tokens)
+        return kept
 
     def _keep(self, caller: str, tokens: list[int]) -> None:
         """Keep the context's state as ``caller``'s, most recent last. (Runs on the lane's
         thread, ``forget`` on the event loop: ``_saved_lock`` orders them.)"""
         llm: Any = self._llm
-        held = tokens[: llm.n_tokens]
         saved = self._saved.get(caller)
-        if saved is None or saved.tokens != held:
+        if saved is None or saved.tokens != tokens:
             ctx = llm._ctx.ctx
             size = self._state_size(ctx, 0)
             state = (ctypes.c_uint8 * size)()
             if self._save_state(ctx, state, size, 0) != size:
                 return
-            saved = _SavedWords(held, state)
+            saved = _SavedWords(tokens, state)
         with self._saved_lock:
             if self._forgotten:
                 return  # forgotten while this call ran (the session closed, or its turn ended)
