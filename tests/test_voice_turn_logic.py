@@ -381,6 +381,43 @@ async def test_a_stale_words_verdict_is_dropped_when_speech_resumes(
         await h.session.close()
 
 
+class HearingEOU:
+    """Smart Turn's stand-in: the audio it was asked about, and when."""
+
+    def __init__(self) -> None:
+        self.heard: list[np.ndarray] = []
+
+    async def completion_probability(self, audio: np.ndarray) -> float:
+        self.heard.append(audio)
+        return 1.0
+
+
+async def test_the_audio_is_judged_as_the_vad_stopped_as_soon_as_the_words_are_known(
+    monkeypatch: Any, tmp_path: Any
+) -> None:
+    """Smart Turn hears the turn up to the VAD's stop, asked once the words are
+    transcribed, not after ``min_endpointing_delay`` (under load its lane queues). The
+    silence that follows is not in what it hears, and the turn still waits the delay."""
+    h = Harness(monkeypatch, tmp_path)
+    hearing = HearingEOU()
+    h.session.engines.eou = hearing
+    # No test waits this long: the turn must not end within the test.
+    h.settings.turn.min_endpointing_delay = h.settings.turn.max_endpointing_delay = 60.0
+    await h.session.start()
+    try:
+        await h.speak(3)  # speech, then silence past the VAD's stop
+        await until(lambda: len(hearing.heard) == 1)
+        await h.feed(0, 40)  # more silence: nothing more to hear, nothing asked again
+        assert len(hearing.heard) == 1
+        audio = hearing.heard[0]
+        trailing = audio.size - 1 - int(np.flatnonzero(audio)[-1])
+        stop_windows = int(np.ceil(h.settings.vad.stop_secs / (WINDOW / 16_000)))
+        assert WINDOW <= trailing <= (stop_windows + 1) * WINDOW
+        assert not h.sink.of("turn.ended")  # the delay still holds the turn open
+    finally:
+        await h.session.close()
+
+
 class ReadingTextEOU:
     """A words' model that reads ahead (engines.base.TextReadAhead): what it was asked."""
 

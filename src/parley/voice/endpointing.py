@@ -40,7 +40,8 @@ def ends_with_dangling_word(text: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class EndOfTurnEvidence:
-    """What is known once the caller has been silent ``min_endpointing_delay``."""
+    """What is known once the VAD declared a silence and the words before it are
+    transcribed."""
 
     text: str
     """The transcript of the turn so far."""

@@ -150,7 +150,7 @@ class Listening(SessionCore):
         if self._endpoint is not None:
             # One endpointing decision per turn: the newest segment's replaces the last.
             self._endpoint.cancel()
-        self._endpoint = self._spawn(self._endpointing(turn), name="endpoint")
+        self._endpoint = self._spawn(self._endpointing(turn, list(turn.audio)), name="endpoint")
 
     def _ensure_turn(self, seed: list[np.ndarray]) -> UserTurn:
         if self._turn is None:

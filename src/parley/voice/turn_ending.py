@@ -24,15 +24,20 @@ log = get_logger(__name__)
 
 
 class TurnEnding(SessionCore):
-    async def _endpointing(self, turn: UserTurn) -> None:
+    async def _endpointing(self, turn: UserTurn, heard: list[np.ndarray]) -> None:
+        """Decide when the turn ends. ``heard`` is the turn's audio as the VAD declared
+        the silence: what Smart Turn hears (as Pipecat asks it, at the VAD's stop),
+        whenever it runs, the same on an idle worker and a busy one. It is asked as soon
+        as the words are known, not after ``min_endpointing_delay``: under load its lane
+        queues, and the turn still never ends before that delay (every delay
+        ``finish_delay`` gives is at least it)."""
         cfg = self.settings.turn
-        await asyncio.sleep(max(0.0, turn.last_speech_at + cfg.min_endpointing_delay - self._now()))
         # The transcription first: it is on the path to the reply's first word, and on
         # two cores the end-of-turn models beside it would slow it; this only gates playback.
         await turn.transcribed()
         started = turn.marks["eou_started"] = self._now()
         turn.marks.pop("audio_scored", None)  # an earlier pause's, in this decision's place
-        evidence = await self._end_of_turn_evidence(turn)
+        evidence = await self._end_of_turn_evidence(turn, heard)
         turn.marks["eou_done"] = self._now()
         turn.eou_model_ms = (turn.marks["eou_done"] - started) * 1000
         turn.eou_probability = evidence.p_audio
@@ -46,7 +51,9 @@ class TurnEnding(SessionCore):
             self._endpoint = None
         self._confirm_turn(turn)
 
-    async def _end_of_turn_evidence(self, turn: UserTurn) -> EndOfTurnEvidence:
+    async def _end_of_turn_evidence(
+        self, turn: UserTurn, heard: list[np.ndarray]
+    ) -> EndOfTurnEvidence:
         """Smart Turn on the audio and the text model on the words, side by side; the
         audio model only while its verdict can still change the decision."""
         text = turn.text
@@ -57,7 +64,7 @@ class TurnEnding(SessionCore):
         if words.done() and not audio_matters(text, words.result(), cfg):
             return EndOfTurnEvidence(text, None, words.result())
         audio: asyncio.Future[float | None] = asyncio.ensure_future(
-            self._audio_score(turn, np.concatenate(list(turn.audio)))
+            self._audio_score(turn, np.concatenate(heard))
         )
         try:
             done, _ = await asyncio.wait({audio, words}, return_when=asyncio.FIRST_COMPLETED)
