@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from parley.engines.turn_smart import MAX_BATCH, SmartTurn
+from parley.engines.turn_smart import MAX_BATCH, SmartTurn, batch_size
 from parley.testing import caller_speech
 
 
@@ -54,9 +54,23 @@ def batches_run(smart_turn: SmartTurn) -> Iterator[list[list[np.ndarray]]]:
         smart_turn._batches._run_batch = run_batch
 
 
+def test_this_cpu_batches_only_where_a_batch_costs_less() -> None:
+    assert batch_size(0.048, 0.049 * MAX_BATCH) == 1  # an Intel Xeon: no saving, only a wait
+    assert batch_size(0.056, 0.045 * MAX_BATCH) == MAX_BATCH  # an AMD EPYC core
+    assert batch_size(0.050, 0.9 * 0.050 * MAX_BATCH) == 1  # under a tenth saved: not worth it
+
+
+def test_the_model_times_its_own_batches(smart_turn: SmartTurn) -> None:
+    assert smart_turn.max_batch in (1, MAX_BATCH)
+    assert smart_turn._batches.max_batch == smart_turn.max_batch
+
+
 async def test_turns_scored_together_each_get_their_own_probability(
-    smart_turn: SmartTurn,
+    smart_turn: SmartTurn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Batched whatever this CPU chose: a turn's probability must not depend on which
+    others share its inference."""
+    monkeypatch.setattr(smart_turn._batches, "max_batch", MAX_BATCH)
     turns = _turns()
     alone = [await smart_turn.completion_probability(t) for t in turns]
     with batches_run(smart_turn) as batches:

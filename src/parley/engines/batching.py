@@ -35,7 +35,8 @@ class BatchingLane(Generic[I, R]):
         order; ``max_batch`` caps a batch (the rest waits for the next one)."""
         self._lane = lane
         self._run_batch = run_batch
-        self._max_batch = max_batch
+        self.max_batch = max_batch
+        """May change while calls run (the next batch takes it)."""
         self._waiting: list[tuple[I, asyncio.Future[R]]] = []
         self._draining: asyncio.Task[None] | None = None
 
@@ -58,7 +59,7 @@ class BatchingLane(Generic[I, R]):
                 # Let the calls of this event-loop turn join the batch first.
                 await asyncio.sleep(0)
                 live = [(item, f) for item, f in self._waiting if not f.done()]
-                cut = len(live) if self._max_batch is None else self._max_batch
+                cut = len(live) if self.max_batch is None else self.max_batch
                 batch, self._waiting = live[:cut], live[cut:]
                 if not batch:
                     continue

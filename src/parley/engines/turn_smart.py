@@ -7,6 +7,7 @@ Only the model file is Smart Turn's; Parley's pipeline is its own. The model rea
 from __future__ import annotations
 
 import importlib.util
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +16,16 @@ from parley.engines import device
 from parley.engines.batching import BatchingLane
 from parley.engines.lanes import InferenceLane
 from parley.engines.whisper_features import log_mel_features
+from parley.telemetry import get_logger
+
+log = get_logger(__name__)
 
 WINDOW_SECS = 8
 SAMPLE_RATE = 16_000
 MAX_BATCH = 2
+BATCH_GAIN = 0.9
+"""A batch is worth its wait where it costs under this share of its calls one by one."""
+CALIBRATION_ROUNDS = 3
 
 MODEL_NAME = "smart-turn-v3.2-cpu.onnx"
 # Copied byte for byte from the pipecat-ai 1.14.0 wheel (BSD-2-Clause, Daily; the licence
@@ -64,6 +71,12 @@ def last_window(audio: np.ndarray) -> np.ndarray:
     return np.pad(audio, (n - audio.size, 0))
 
 
+def batch_size(alone_secs: float, together_secs: float) -> int:
+    """MAX_BATCH where a batch of it costs less than ``BATCH_GAIN`` of its calls one by
+    one (``together_secs`` against ``alone_secs`` for one), else 1."""
+    return MAX_BATCH if together_secs < BATCH_GAIN * MAX_BATCH * alone_secs else 1
+
+
 class SmartTurn:
     def __init__(self, model_path: str | None = None, requested_device: str = "auto") -> None:
         import onnxruntime as ort
@@ -82,14 +95,33 @@ class SmartTurn:
             providers=device.onnx_providers(requested_device),
         )
         self._lane = InferenceLane("eou", 1, timeout=10.0)
-        # Sessions that pause at the same moment are scored in one inference: on one
-        # core a batch of two costs ~45 ms a turn against ~56 ms alone (AMD EPYC), and
-        # the second does not wait for the first's whole call. Two at most: four save
-        # nothing more per turn (45 ms), make the batch's first turn wait for all four,
-        # and grow onnxruntime's memory arena by ~40 MB more.
+        # Sessions that pause at the same moment are scored in one inference where the
+        # CPU does a batch for less: on an AMD EPYC core a batch of two costs ~45 ms a
+        # turn against ~56 ms alone, and the second does not wait for the first's whole
+        # call. Two at most: four save nothing more per turn (45 ms), make the batch's
+        # first turn wait for all four, and grow onnxruntime's memory arena by ~40 MB
+        # more. On an Intel Xeon (AVX-512) two cost 49 ms a turn against 48 alone: there
+        # a batch only makes its first turn wait for the second, so calls go one by one.
+        self.max_batch = self._batch_size()
+        log.info("smart turn batches", max_batch=self.max_batch)
         self._batches: BatchingLane[np.ndarray, float] = BatchingLane(
-            self._lane, self._predict_batch, max_batch=MAX_BATCH
+            self._lane, self._predict_batch, max_batch=self.max_batch
         )
+
+    def _batch_size(self) -> int:
+        """Time one window alone and MAX_BATCH together (interleaved, the fastest of a
+        few rounds: a machine busy at start-up slows some, never speeds any up)."""
+        one = log_mel_features(last_window(np.zeros(0, dtype=np.float32)))[None]
+        together = np.repeat(one, MAX_BATCH, axis=0)
+
+        def secs(features: np.ndarray) -> float:
+            start = time.perf_counter()
+            self._session.run(None, {"input_features": features})
+            return time.perf_counter() - start
+
+        secs(one), secs(together)  # the first runs allocate
+        rounds = [(secs(one), secs(together)) for _ in range(CALIBRATION_ROUNDS)]
+        return batch_size(min(a for a, _ in rounds), min(b for _, b in rounds))
 
     def _predict_batch(self, audios: list[np.ndarray]) -> list[float]:
         features = np.stack(
