@@ -178,7 +178,7 @@ class SessionCore:
     def _segment_ended(self, seg: Segment, last_speech_at: float) -> None:
         raise NotImplementedError
 
-    def _endpointing(self, turn: UserTurn) -> Coroutine[Any, Any, None]:
+    def _endpointing(self, turn: UserTurn, heard: list[np.ndarray]) -> Coroutine[Any, Any, None]:
         raise NotImplementedError
 
     def _preempt(self, turn: UserTurn, text: str) -> None:
