@@ -418,6 +418,57 @@ async def test_the_audio_is_judged_as_the_vad_stopped_as_soon_as_the_words_are_k
         await h.session.close()
 
 
+class Words(Gated):
+    """The words' model, saying ``p`` when released."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.asked: list[str] = []
+
+    async def completion_probability(self, text: str) -> float:
+        self.asked.append(text)
+        await self.passing()
+        return self.p
+
+
+@pytest.mark.parametrize(
+    ("live_sessions", "p_words", "audio_asked"),
+    [(99, 0.9, False), (99, 0.1, True), (1, 0.9, True)],
+    ids=["busy-words-sure", "busy-words-unsure", "idle-side-by-side"],
+)
+async def test_a_busy_worker_asks_the_audio_only_once_the_words_want_it(
+    monkeypatch: Any, tmp_path: Any, live_sessions: int, p_words: float, audio_asked: bool
+) -> None:
+    """With more live sessions than cores, Smart Turn waits for the words' verdict and
+    runs only if that leaves the decision open (most turns it does not: a call asked
+    alongside would take a core from the other sessions for nothing). With a core to
+    spare it runs beside the words, as the words' answer may not be the last word."""
+    words = Words(p_words)
+    words.hold()
+    h = Harness(monkeypatch, tmp_path, eou_text=words)
+    hearing = HearingEOU()
+    h.session.engines.eou = hearing
+    h.session.engines.vad.live_streams = lambda: live_sessions  # type: ignore[attr-defined]
+    await h.session.start()
+    try:
+        await h.speak(3)
+        await until(lambda: words.asked == ["hello there"])
+        if live_sessions > 2:
+            await settle()
+            assert hearing.heard == []  # not while the words are out
+        else:
+            await until(lambda: len(hearing.heard) == 1)  # beside them
+        words.release()
+        await until(lambda: h.sink.of("turn.ended"))
+        assert len(hearing.heard) == (1 if audio_asked else 0)
+        ended = h.sink.of("turn.ended")[0]
+        assert ended["eou_text_probability"] == p_words
+        assert (ended["eou_probability"] is not None) == audio_asked
+    finally:
+        await h.session.close()
+
+
 class ReadingTextEOU:
     """A words' model that reads ahead (engines.base.TextReadAhead): what it was asked."""
 

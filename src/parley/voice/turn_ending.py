@@ -7,6 +7,7 @@ import asyncio
 
 import numpy as np
 
+from parley.engines import device
 from parley.engines.base import TextReadAhead
 from parley.telemetry import get_logger
 from parley.voice.endpointing import (
@@ -54,13 +55,22 @@ class TurnEnding(SessionCore):
     async def _end_of_turn_evidence(
         self, turn: UserTurn, heard: list[np.ndarray]
     ) -> EndOfTurnEvidence:
-        """Smart Turn on the audio and the text model on the words, side by side; the
-        audio model only while its verdict can still change the decision."""
+        """Smart Turn on the audio and the text model on the words; the audio model only
+        while its verdict can still change the decision. Side by side while the worker
+        has a core per live session; on a busier one, the audio only once the words
+        asked for it."""
         text = turn.text
         cfg = self.settings.turn
         words = self._text_score(turn, text)
         if not audio_matters(text, None, cfg):
             return EndOfTurnEvidence(text, None, await words)
+        if not words.done() and not self._cores_to_spare():
+            # Asked alongside, Smart Turn would mostly run for nothing: the words decide
+            # most turns alone, and its call would take a core from the other sessions
+            # (`make bench-load`: ~3 in 4 turns asked it, each ~55 ms of CPU). The turn
+            # does not end before ``min_endpointing_delay`` anyway, and this decision
+            # begins at the VAD's stop, so on a quiet moment both still fit within it.
+            await asyncio.wait({words})
         if words.done() and not audio_matters(text, words.result(), cfg):
             return EndOfTurnEvidence(text, None, words.result())
         audio: asyncio.Future[float | None] = asyncio.ensure_future(
@@ -86,6 +96,11 @@ class TurnEnding(SessionCore):
         if isinstance(p_text, BaseException):
             raise p_text
         return EndOfTurnEvidence(text, p_audio, p_text)
+
+    def _cores_to_spare(self) -> bool:
+        """No more sessions with audio flowing than this machine has cores."""
+        live = getattr(self.engines.vad, "live_streams", None)
+        return live is None or live() <= device.cpu_count()
 
     async def _audio_score(self, turn: UserTurn, audio: np.ndarray) -> float:
         p = await self.engines.eou.completion_probability(audio)
