@@ -55,7 +55,7 @@ VOICES = ["en-us", "en-gb", "en-us+f2", "en-gb-x-rp", "en-au", "en-us+m7"]
 SPEED = 165
 PAUSES_S = [0.5, 0.75, 1.0]
 PREROLL_S = 0.3  # vad.preroll_secs
-CHECK_S = 0.25  # turn.min_endpointing_delay
+CHECK_S = Settings().vad.stop_secs  # Smart Turn hears the turn as the VAD stopped
 
 
 async def measure(voices: list[str]) -> list[dict[str, Any]]:
@@ -72,7 +72,7 @@ async def measure(voices: list[str]) -> list[dict[str, Any]]:
         for finished, text in ((False, head + ","), (True, f"{head} {tail}")):
             pcm = trim_silence(caller_speech(text, speed=SPEED, voice=voice))
             # What the server holds when it asks: the pre-roll before the speech, and
-            # the silence until the end-of-turn check (Smart Turn reads that silence).
+            # the silence until the VAD declared it (Smart Turn reads that silence).
             audio = np.concatenate(
                 [np.zeros(int(PREROLL_S * 16_000)), pcm / 32768.0, np.zeros(int(CHECK_S * 16_000))]
             ).astype(np.float32)

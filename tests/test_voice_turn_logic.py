@@ -450,6 +450,7 @@ async def test_a_busy_worker_asks_the_audio_only_once_the_words_want_it(
     hearing = HearingEOU()
     h.session.engines.eou = hearing
     h.session.engines.vad.live_streams = lambda: live_sessions  # type: ignore[attr-defined]
+    monkeypatch.setattr("parley.voice.turn_ending.device.cpu_count", lambda: 2)
     await h.session.start()
     try:
         await h.speak(3)
@@ -465,6 +466,35 @@ async def test_a_busy_worker_asks_the_audio_only_once_the_words_want_it(
         ended = h.sink.of("turn.ended")[0]
         assert ended["eou_text_probability"] == p_words
         assert (ended["eou_probability"] is not None) == audio_asked
+    finally:
+        await h.session.close()
+
+
+async def test_speech_resuming_while_a_busy_worker_waits_for_the_words_asks_nothing(
+    monkeypatch: Any, tmp_path: Any
+) -> None:
+    """The caller goes on while the decision waits for the words: that decision is
+    dropped without asking Smart Turn, and the turn ends once, on all its words."""
+    words = Words(0.1)
+    words.hold()
+    h = Harness(monkeypatch, tmp_path, eou_text=words)
+    hearing = HearingEOU()
+    h.session.engines.eou = hearing
+    h.session.engines.vad.live_streams = lambda: 99  # type: ignore[attr-defined]
+    monkeypatch.setattr("parley.voice.turn_ending.device.cpu_count", lambda: 2)
+    await h.session.start()
+    try:
+        await h.speak(3)
+        await until(lambda: words.asked == ["hello there"])
+        await h.feed(3, 3)  # speech resumes: the pending decision is cancelled
+        words.release()
+        await settle()
+        assert hearing.heard == [] and not h.sink.of("turn.ended")
+        await h.feed(0, 12)
+        await until(lambda: h.sink.of("turn.ended"))
+        await settle()
+        assert [e["text"] for e in h.sink.of("turn.ended")] == ["hello there hello there"]
+        assert len(hearing.heard) == 1  # the second decision's, after its words
     finally:
         await h.session.close()
 

@@ -28,10 +28,10 @@ class TurnEnding(SessionCore):
     async def _endpointing(self, turn: UserTurn, heard: list[np.ndarray]) -> None:
         """Decide when the turn ends. ``heard`` is the turn's audio as the VAD declared
         the silence: what Smart Turn hears (as Pipecat asks it, at the VAD's stop),
-        whenever it runs, the same on an idle worker and a busy one. It is asked as soon
-        as the words are known, not after ``min_endpointing_delay``: under load its lane
-        queues, and the turn still never ends before that delay (every delay
-        ``finish_delay`` gives is at least it)."""
+        whenever it runs, the same on an idle worker and a busy one. The evidence is
+        gathered as soon as the transcript is in, not after ``min_endpointing_delay``:
+        under load the models' lanes queue, and the turn still never ends before that
+        delay (every delay ``finish_delay`` gives is at least it)."""
         cfg = self.settings.turn
         # The transcription first: it is on the path to the reply's first word, and on
         # two cores the end-of-turn models beside it would slow it; this only gates playback.
@@ -67,12 +67,12 @@ class TurnEnding(SessionCore):
         if not words.done() and not self._cores_to_spare():
             # Asked alongside, Smart Turn would mostly run for nothing: the words decide
             # most turns alone, and its call would take a core from the other sessions
-            # (`make bench-load`: ~3 in 4 turns asked it, each ~55 ms of CPU). The turn
-            # does not end before ``min_endpointing_delay`` anyway, and this decision
-            # begins at the VAD's stop, so on a quiet moment both still fit within it.
+            # (`make bench-load`: ~3 in 4 turns asked it, each ~55 ms of CPU). One after
+            # the other costs a turn that needs both about a Smart Turn call (~50 ms) more,
+            # part of it hidden in what is left of ``min_endpointing_delay``.
             await asyncio.wait({words})
-        if words.done() and not audio_matters(text, words.result(), cfg):
-            return EndOfTurnEvidence(text, None, words.result())
+        if words.done() and not audio_matters(text, _verdict(words), cfg):
+            return EndOfTurnEvidence(text, None, _verdict(words))
         audio: asyncio.Future[float | None] = asyncio.ensure_future(
             self._audio_score(turn, np.concatenate(heard))
         )
@@ -81,11 +81,11 @@ class TurnEnding(SessionCore):
         except asyncio.CancelledError:
             audio.cancel()  # speech resumed: nobody will read it
             raise
-        if words in done and not audio.done() and not audio_matters(text, words.result(), cfg):
+        if words in done and not audio.done() and not audio_matters(text, _verdict(words), cfg):
             # The words decided while the audio model ran or queued: a queued call is
             # dropped from its lane, a running one's answer is not waited for.
             audio.cancel()
-            return EndOfTurnEvidence(text, None, words.result())
+            return EndOfTurnEvidence(text, None, _verdict(words))
         p_audio, p_text = await asyncio.gather(audio, words, return_exceptions=True)
         if isinstance(p_audio, BaseException):
             if not isinstance(p_audio, Exception):
@@ -93,12 +93,17 @@ class TurnEnding(SessionCore):
             log.warning("end-of-turn model failed", turn_id=turn.turn_id, error=repr(p_audio))
             self._send_error("eou_error", safe_message("eou_error"), turn.turn_id)
             p_audio = 1.0 if cfg.max_endpointing_delay == 0 else 0.0
-        if isinstance(p_text, BaseException):
+        if isinstance(p_text, asyncio.CancelledError):
+            p_text = None  # its call was dropped (a lane shut down): the audio decides
+        elif isinstance(p_text, BaseException):
             raise p_text
         return EndOfTurnEvidence(text, p_audio, p_text)
 
     def _cores_to_spare(self) -> bool:
-        """No more sessions with audio flowing than this machine has cores."""
+        """No more sessions with audio flowing than this machine has cores, or Smart
+        Turn runs elsewhere (a GPU): then a call asked for nothing costs no session."""
+        if getattr(self.engines.eou, "device", "cpu") != "cpu":
+            return True
         live = getattr(self.engines.vad, "live_streams", None)
         return live is None or live() <= device.cpu_count()
 
@@ -251,3 +256,9 @@ class TurnEnding(SessionCore):
 
 def _rounded(p: float | None) -> float | None:
     return None if p is None else round(p, 3)
+
+
+def _verdict(words: asyncio.Future[float | None]) -> float | None:
+    """The words' verdict, once done; None if its call was dropped (a lane shut down):
+    the turn is then decided without it, never left open."""
+    return None if words.cancelled() else words.result()
