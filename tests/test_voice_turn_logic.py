@@ -84,10 +84,12 @@ class ScriptedSTT(Gated):
 
 
 class HeldEOU:
-    """Says "complete"; ``hold()`` keeps the turn from being confirmed until ``release()``."""
+    """Says "complete"; ``hold()`` keeps the turn from being confirmed until ``release()``.
+    ``heard``: the audio it was asked about, in order."""
 
     def __init__(self) -> None:
         self.gate: asyncio.Event | None = None
+        self.heard: list[np.ndarray] = []
 
     def hold(self) -> None:
         self.gate = asyncio.Event()
@@ -98,22 +100,24 @@ class HeldEOU:
         self.gate = None
 
     async def completion_probability(self, audio: np.ndarray) -> float:
+        self.heard.append(audio)
         if self.gate is not None:
             await self.gate.wait()
         return 1.0
 
 
 class HeldTextEOU(Gated):
-    """The words' end-of-turn model: what it was asked, in order."""
+    """The words' end-of-turn model, saying ``p``: what it was asked, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, p: float = 0.9) -> None:
         super().__init__()
+        self.p = p
         self.asked: list[str] = []
 
     async def completion_probability(self, text: str) -> float:
         self.asked.append(text)
         await self.passing()
-        return 0.9
+        return self.p
 
 
 class ScriptedLLM:
@@ -381,17 +385,6 @@ async def test_a_stale_words_verdict_is_dropped_when_speech_resumes(
         await h.session.close()
 
 
-class HearingEOU:
-    """Smart Turn's stand-in: the audio it was asked about, and when."""
-
-    def __init__(self) -> None:
-        self.heard: list[np.ndarray] = []
-
-    async def completion_probability(self, audio: np.ndarray) -> float:
-        self.heard.append(audio)
-        return 1.0
-
-
 async def test_the_audio_is_judged_as_the_vad_stopped_as_soon_as_the_words_are_known(
     monkeypatch: Any, tmp_path: Any
 ) -> None:
@@ -399,37 +392,21 @@ async def test_the_audio_is_judged_as_the_vad_stopped_as_soon_as_the_words_are_k
     transcribed, not after ``min_endpointing_delay`` (under load its lane queues). The
     silence that follows is not in what it hears, and the turn still waits the delay."""
     h = Harness(monkeypatch, tmp_path)
-    hearing = HearingEOU()
-    h.session.engines.eou = hearing
     # No test waits this long: the turn must not end within the test.
     h.settings.turn.min_endpointing_delay = h.settings.turn.max_endpointing_delay = 60.0
     await h.session.start()
     try:
         await h.speak(3)  # speech, then silence past the VAD's stop
-        await until(lambda: len(hearing.heard) == 1)
+        await until(lambda: len(h.eou.heard) == 1)
         await h.feed(0, 40)  # more silence: nothing more to hear, nothing asked again
-        assert len(hearing.heard) == 1
-        audio = hearing.heard[0]
+        assert len(h.eou.heard) == 1
+        audio = h.eou.heard[0]
         trailing = audio.size - 1 - int(np.flatnonzero(audio)[-1])
         stop_windows = int(np.ceil(h.settings.vad.stop_secs / (WINDOW / 16_000)))
         assert WINDOW <= trailing <= (stop_windows + 1) * WINDOW
         assert not h.sink.of("turn.ended")  # the delay still holds the turn open
     finally:
         await h.session.close()
-
-
-class Words(Gated):
-    """The words' model, saying ``p`` when released."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-        self.asked: list[str] = []
-
-    async def completion_probability(self, text: str) -> float:
-        self.asked.append(text)
-        await self.passing()
-        return self.p
 
 
 @pytest.mark.parametrize(
@@ -444,11 +421,9 @@ async def test_a_busy_worker_asks_the_audio_only_once_the_words_want_it(
     runs only if that leaves the decision open (most turns it does not: a call asked
     alongside would take a core from the other sessions for nothing). With a core to
     spare it runs beside the words, as the words' answer may not be the last word."""
-    words = Words(p_words)
+    words = HeldTextEOU(p_words)
     words.hold()
     h = Harness(monkeypatch, tmp_path, eou_text=words)
-    hearing = HearingEOU()
-    h.session.engines.eou = hearing
     h.session.engines.vad.live_streams = lambda: live_sessions  # type: ignore[attr-defined]
     monkeypatch.setattr("parley.voice.turn_ending.device.cpu_count", lambda: 2)
     await h.session.start()
@@ -457,12 +432,12 @@ async def test_a_busy_worker_asks_the_audio_only_once_the_words_want_it(
         await until(lambda: words.asked == ["hello there"])
         if live_sessions > 2:
             await settle()
-            assert hearing.heard == []  # not while the words are out
+            assert h.eou.heard == []  # not while the words are out
         else:
-            await until(lambda: len(hearing.heard) == 1)  # beside them
+            await until(lambda: len(h.eou.heard) == 1)  # beside them
         words.release()
         await until(lambda: h.sink.of("turn.ended"))
-        assert len(hearing.heard) == (1 if audio_asked else 0)
+        assert len(h.eou.heard) == (1 if audio_asked else 0)
         ended = h.sink.of("turn.ended")[0]
         assert ended["eou_text_probability"] == p_words
         assert (ended["eou_probability"] is not None) == audio_asked
@@ -475,11 +450,9 @@ async def test_speech_resuming_while_a_busy_worker_waits_for_the_words_asks_noth
 ) -> None:
     """The caller goes on while the decision waits for the words: that decision is
     dropped without asking Smart Turn, and the turn ends once, on all its words."""
-    words = Words(0.1)
+    words = HeldTextEOU(0.1)
     words.hold()
     h = Harness(monkeypatch, tmp_path, eou_text=words)
-    hearing = HearingEOU()
-    h.session.engines.eou = hearing
     h.session.engines.vad.live_streams = lambda: 99  # type: ignore[attr-defined]
     monkeypatch.setattr("parley.voice.turn_ending.device.cpu_count", lambda: 2)
     await h.session.start()
@@ -489,12 +462,12 @@ async def test_speech_resuming_while_a_busy_worker_waits_for_the_words_asks_noth
         await h.feed(3, 3)  # speech resumes: the pending decision is cancelled
         words.release()
         await settle()
-        assert hearing.heard == [] and not h.sink.of("turn.ended")
+        assert h.eou.heard == [] and not h.sink.of("turn.ended")
         await h.feed(0, 12)
         await until(lambda: h.sink.of("turn.ended"))
         await settle()
         assert [e["text"] for e in h.sink.of("turn.ended")] == ["hello there hello there"]
-        assert len(hearing.heard) == 1  # the second decision's, after its words
+        assert len(h.eou.heard) == 1  # the second decision's, after its words
     finally:
         await h.session.close()
 

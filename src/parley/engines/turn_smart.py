@@ -89,13 +89,15 @@ class SmartTurn:
         opts.intra_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        providers = device.onnx_providers(requested_device)
         self._session = ort.InferenceSession(
             str(model_path or default_model_path()),
             sess_options=opts,
-            providers=providers,
+            providers=device.onnx_providers(requested_device),
         )
-        self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+        # What the session runs on, not what was asked: onnxruntime falls back to the
+        # CPU when CUDA does not start.
+        running = self._session.get_providers()[0]
+        self.device = "cuda" if running == "CUDAExecutionProvider" else "cpu"
         self._lane = InferenceLane("eou", 1, timeout=10.0)
         # Sessions that pause at the same moment are scored in one inference where the
         # CPU does a batch for less: on an AMD EPYC core a batch of two costs ~45 ms a
