@@ -5,6 +5,7 @@ full-window Whisper to check what the agent said."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import os
 import uuid
@@ -118,6 +119,20 @@ async def embedded_engines() -> AsyncIterator[Engines]:
     engines = await load_engines(Settings())
     yield engines
     await engines.close()
+
+
+@pytest.fixture
+def frozen_heap() -> Iterator[None]:
+    """For a test comparing two latencies measured in this process (server and clients
+    share its event loop): the heap the suite has grown by then is frozen, as `parley
+    serve` freezes its own after start-up. Late in the suite it holds ~600,000 objects
+    (every earlier test's models, servers and leftovers); a full collection over them
+    took ~200 ms, three came in a row, and such a burst in one measured turn and not the
+    other failed the comparison (a 0.42 s turn against 0.27 s)."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

@@ -181,3 +181,45 @@ def test_sigterm_drains_parley_serve_then_it_exits_cleanly(tmp_path: Path) -> No
         assert server.proc.wait(timeout=30) == 0
     finally:
         server.stop()
+
+
+class _StartupObject:
+    """Made by the app's start-up, and kept as long as the app (a model, a tokenizer)."""
+
+
+async def test_the_server_freezes_what_its_start_up_made(tmp_path: Path) -> None:
+    """`parley serve` (the DrainingServer) puts what the lifespan made out of the
+    collector's reach, so a full collection in a call never walks the models' objects."""
+    import gc
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from parley.server.drain import Drain
+    from parley.server.draining_server import DrainingServer
+    from parley.testing import free_port
+
+    made: list[_StartupObject] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        made.append(_StartupObject())
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_config=None)
+    server = DrainingServer(config, Drain(app, deadline_secs=1))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()  # start-up failed: say how
+                await asyncio.sleep(0.01)
+        assert gc.get_freeze_count() > 0
+        assert not any(isinstance(o, _StartupObject) for o in gc.get_objects())
+    finally:
+        server.should_exit = True
+        await task
+        gc.unfreeze()  # the rest of the suite runs as before
+    assert made and any(isinstance(o, _StartupObject) for o in gc.get_objects())

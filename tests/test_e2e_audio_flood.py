@@ -34,6 +34,7 @@ async def turn_latency(call: CallClient, speech: Any, after: float) -> tuple[flo
     return spoke_at - sent, done_at
 
 
+@pytest.mark.usefixtures("frozen_heap")
 async def test_a_ten_times_real_time_stream_is_cut_off_without_slowing_others(server, caller):
     speech = caller(QUESTION)
     async with CallClient(server.ws_url) as steady:

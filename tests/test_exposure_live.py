@@ -274,6 +274,7 @@ async def _flood(server: InProcessServer, token: str) -> tuple[list[dict[str, An
     return await flood(server.ws_url, token, bytes(640), timeout=15)
 
 
+@pytest.mark.usefixtures("frozen_heap")
 async def test_audio_at_ten_times_real_time_is_refused_without_starving_others(tmp_path):
     async with live_server(tmp_path) as server:
         async with CallClient(server.ws_url) as steady:

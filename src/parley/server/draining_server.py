@@ -5,11 +5,14 @@ period before it kills the process. Plain uvicorn would shut down at once, cutti
 live call; here ``SIGTERM`` starts the app's :class:`parley.server.drain.Drain` and the
 server stops once it has drained (exit status 0). A second ``SIGTERM``, or ``SIGINT``
 (Ctrl-C), stops at once as uvicorn does.
+
+Once started, it freezes the heap start-up made (see :meth:`DrainingServer.startup`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import socket
 from types import FrameType
@@ -30,6 +33,10 @@ class DrainingServer(uvicorn.Server):
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)  # the app's lifespan: its engines are loaded
+        freeze_startup_heap()
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         loop = self._loop
         if sig == signal.SIGTERM and not self._drain.started and not self.should_exit and loop:
@@ -45,6 +52,19 @@ class DrainingServer(uvicorn.Server):
 
     def _stop(self) -> None:
         self.should_exit = True
+
+
+def freeze_startup_heap() -> None:
+    """Put what start-up made out of the garbage collector's reach.
+
+    Start-up leaves ~220,000 objects that live as long as the process (modules, the
+    models' tokenizers and sessions, the app); a full collection walks them all, ~40 ms
+    on one core with every call on the event loop stopped, and full collections come in
+    bursts when sessions churn. Frozen, they are never walked again: a full collection
+    walks only what the calls made since. Cycles start-up left are collected first.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(app: Any, **config: Any) -> None:
