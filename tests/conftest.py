@@ -127,8 +127,9 @@ def frozen_heap() -> Iterator[None]:
     share its event loop): the heap the suite has grown by then is frozen, as `parley
     serve` freezes its own after start-up. Late in the suite it holds ~600,000 objects
     (every earlier test's models, servers and leftovers); a full collection over them
-    took ~200 ms, three came in a row, and such a burst in one measured turn and not the
-    other failed the comparison (a 0.42 s turn against 0.27 s)."""
+    took ~200 ms and three came in a row: the one thing found that stops this loop long
+    enough, in one measured turn and not the other, to fail the comparison as CI once
+    did (a 0.42 s turn against 0.27 s)."""
     gc.collect()
     gc.freeze()
     yield

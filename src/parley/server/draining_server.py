@@ -58,10 +58,11 @@ def freeze_startup_heap() -> None:
     """Put what start-up made out of the garbage collector's reach.
 
     Start-up leaves ~220,000 objects that live as long as the process (modules, the
-    models' tokenizers and sessions, the app); a full collection walks them all, ~40 ms
-    on one core with every call on the event loop stopped, and full collections come in
-    bursts when sessions churn. Frozen, they are never walked again: a full collection
-    walks only what the calls made since. Cycles start-up left are collected first.
+    models' tokenizers and sessions, the app); a full collection walks them all, with
+    every call on the event loop stopped: ~40 ms on an idle worker, ~105 ms at p50 with
+    40–50 live sessions (`make bench-load`; ~19 ms with them frozen). Frozen, they are
+    never walked again: a full collection walks only what the calls made since. Cycles
+    start-up left are collected first.
     """
     gc.collect()
     gc.freeze()
