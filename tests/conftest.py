@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import text
 
 from parley.engines import Engines
+from parley.server.draining_server import freeze_startup_heap
 from parley.store import Database, Store
 from parley.testing import ServerProcess, caller_speech
 
@@ -130,8 +131,7 @@ def frozen_heap() -> Iterator[None]:
     took ~200 ms and three came in a row: the one thing found that stops this loop long
     enough, in one measured turn and not the other, to fail the comparison as CI once
     did (a 0.42 s turn against 0.27 s)."""
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()
     yield
     gc.unfreeze()
 
